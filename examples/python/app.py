@@ -1,0 +1,114 @@
+"""The ``examples`` Celery app, in Python.
+
+The same task names as the C task module (build/examples/libceleriac-examples.so),
+so that one producer can be pointed at either a ``celery worker`` or a
+``celeriac worker`` and get the same answers:
+
+    examples.add(x, y)           x + y (ints, floats, mixed, strings, lists; else TypeError)
+    examples.echo(*args, **kw)   {"args": args, "kwargs": kw}
+    examples.sleep(seconds)      sleeps, returns seconds
+    examples.fail(message)       raises ValueError(message)
+    examples.crash()             kills its own pool process with SIGSEGV
+
+It is both the producer app (examples/python/producer.py, tests/interop) and the
+reference Python worker:
+
+    cd examples/python && /usr/bin/python3 -m celery -A app worker -P prefork -c 2 -l info
+
+Configuration comes from the environment, like celeriac's:
+CELERY_BROKER_URL (default redis://127.0.0.1:6379/0), CELERY_RESULT_BACKEND
+(default redis://127.0.0.1:6379/1) and any Celery setting spelled
+CELERY_<UPPER_SETTING_NAME>, e.g. CELERY_TASK_ACKS_LATE=1,
+CELERY_TASK_TRACK_STARTED=1,
+CELERY_BROKER_TRANSPORT_OPTIONS='{"visibility_timeout": 5}'.
+"""
+
+import json
+import os
+import signal
+import time
+
+from celery import Celery
+from celery.app.defaults import NAMESPACES, flatten
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/1"
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def _parse_setting(option, raw):
+    """Convert an environment string to the type Celery expects for `option`."""
+    kind = getattr(option, "type", "string")
+    text = raw.strip()
+    if kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError("not a boolean: %r" % raw)
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    if kind in ("dict", "tuple", "list", "any"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            if kind == "dict":
+                raise
+            return raw
+    return raw
+
+
+def settings_from_env(environ=None):
+    """Every Celery setting given as CELERY_<NAME> in the environment."""
+    environ = os.environ if environ is None else environ
+    conf = {}
+    for name, option in flatten(NAMESPACES):
+        key = "CELERY_" + name.upper()
+        if key in environ:
+            try:
+                conf[name] = _parse_setting(option, environ[key])
+            except ValueError as exc:
+                raise SystemExit("app.py: bad value for %s: %s" % (key, exc))
+    conf["broker_url"] = environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
+    conf["result_backend"] = environ.get("CELERY_RESULT_BACKEND") or DEFAULT_RESULT_BACKEND
+    return conf
+
+
+app = Celery("examples")
+app.conf.update(settings_from_env())
+
+
+@app.task(name="examples.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="examples.echo")
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="examples.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="examples.fail")
+def fail(message):
+    raise ValueError(message)
+
+
+@app.task(name="examples.crash")
+def crash():
+    # The pool process dies like a C task dereferencing NULL would.
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(10)  # not reached
+
+
+if __name__ == "__main__":
+    app.start()

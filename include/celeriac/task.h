@@ -1,0 +1,114 @@
+/* celeriac/task.h — the whole API a task author sees.
+ *
+ * A task module is a shared object (`libceleriac-<name>.so`) that exports one
+ * function, `celeriac_module_init`, which registers C functions under their
+ * Celery task names.  The worker loads it with `celeriac worker -A path.so`,
+ * exactly as `celery worker -A app` imports a Python app.
+ *
+ *     static int add(cel_task *t, const json_t *args, const json_t *kwargs) {
+ *         ...
+ *         return cel_task_return(t, json_integer(x + y));
+ *     }
+ *     int celeriac_module_init(cel_registry *reg) {
+ *         return cel_register(reg, "examples.add", add, NULL);
+ *     }
+ *
+ * Arguments arrive as jansson values (the body's `args` array and `kwargs`
+ * object); they are borrowed and valid for the duration of the call.  A task
+ * ends by returning one of the values of the `cel_task_*` result calls below;
+ * those calls record the outcome on the task handle.
+ *
+ * Handles are opaque; every function name starts with `cel_`.
+ */
+#ifndef CELERIAC_TASK_H
+#define CELERIAC_TASK_H
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CELERIAC_API_VERSION 1
+
+typedef struct cel_task cel_task;         /* one execution of one task */
+typedef struct cel_registry cel_registry; /* the worker's task table */
+
+/* What a task function returns.  Use the result calls rather than the bare
+ * numbers: they also record the value or the exception. */
+enum {
+    CEL_TASK_SUCCESS = 0,
+    CEL_TASK_FAILURE = 1,
+    CEL_TASK_RETRY = 2,
+};
+
+typedef int (*cel_task_fn)(cel_task *t, const json_t *args, const json_t *kwargs);
+
+/* Per-task options, as on a Python `@app.task(...)`.  A zeroed struct (or NULL
+ * at registration) means Celery's defaults. */
+typedef struct cel_task_options {
+    int acks_late;       /* -1 = worker default, 0 = no, 1 = yes */
+    int track_started;   /* -1 = worker default, 0 = no, 1 = yes */
+    int ignore_result;   /* -1 = worker default, 0 = no, 1 = yes */
+    int max_retries;     /* -1 = Celery's default (3); a value < -1 = unlimited */
+    double default_retry_delay; /* seconds; 0 = Celery's default (180) */
+} cel_task_options;
+
+/* Registers `fn` under the Celery name `name` (copied).  `opts` may be NULL.
+ * Returns 0, or -1 if the name is already taken or invalid. */
+int cel_register(cel_registry *reg, const char *name, cel_task_fn fn,
+                 const cel_task_options *opts);
+
+/* The symbol every task module exports. Returns 0 on success. */
+int celeriac_module_init(cel_registry *reg);
+
+/* --- Results ------------------------------------------------------------ */
+
+/* Records `value` as the task's return value and returns CEL_TASK_SUCCESS.
+ * Steals the reference; NULL means JSON null. */
+int cel_task_return(cel_task *t, json_t *value);
+
+/* Records a failure as the Python exception `module.type(message)` and returns
+ * CEL_TASK_FAILURE.  Use Python's names so the client re-raises the right class:
+ * ("builtins", "ValueError"), ("builtins", "TypeError"), ... */
+int cel_task_raise(cel_task *t, const char *module, const char *type,
+                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Like cel_task_raise, with the exception's args given as a JSON array
+ * (stolen); `exc_message` on the wire is exactly this array. */
+int cel_task_raise_args(cel_task *t, const char *module, const char *type,
+                        json_t *args);
+
+/* Asks for the task to be retried in `countdown` seconds (<0: the task's
+ * default retry delay) and returns CEL_TASK_RETRY.  When max_retries is
+ * exhausted the task fails instead (MaxRetriesExceededError), as in Celery. */
+int cel_task_retry(cel_task *t, double countdown);
+
+/* Stores a custom state (e.g. "PROGRESS") with `meta` (stolen) in the result
+ * backend while the task runs.  Returns 0, or -1 if it could not be sent. */
+int cel_task_update_state(cel_task *t, const char *state, json_t *meta);
+
+/* --- Context -------------------------------------------------------------- */
+
+const char *cel_task_id(const cel_task *t);
+const char *cel_task_name(const cel_task *t);
+const char *cel_task_root_id(const cel_task *t);      /* may be NULL */
+const char *cel_task_parent_id(const cel_task *t);    /* may be NULL */
+const char *cel_task_group_id(const cel_task *t);     /* may be NULL */
+const char *cel_task_hostname(const cel_task *t);     /* worker nodename */
+int cel_task_retries(const cel_task *t);
+/* The raw headers and delivery info of the message, borrowed. */
+const json_t *cel_task_headers(const cel_task *t);
+const json_t *cel_task_delivery_info(const cel_task *t);
+
+/* True once the soft time limit has passed; long tasks should poll it and
+ * clean up (a task that returns without handling it fails with
+ * SoftTimeLimitExceeded). */
+bool cel_task_soft_limit_exceeded(const cel_task *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

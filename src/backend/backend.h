@@ -1,0 +1,75 @@
+/* backend.h — result backends: where task states go so that Python's
+ * AsyncResult sees them.
+ *
+ * A backend is a small vtable (Redis now, rpc:// with the AMQP transport).
+ * Writes are queued with cel_backend_store and sent in one pipelined round
+ * trip by cel_backend_flush, which the worker calls once per loop turn and
+ * before it acks an acks_late message (a result is stored before its
+ * message is acked, as in Celery).
+ */
+#ifndef CELERIAC_BACKEND_H
+#define CELERIAC_BACKEND_H
+
+#include "core/config.h"
+#include <jansson.h>
+#include <stdbool.h>
+
+/* One state record.  Everything is borrowed for the duration of the call. */
+typedef struct cel_result_rec {
+    const char *task_id;
+    const char *status;      /* SUCCESS, FAILURE, STARTED, RETRY, REVOKED, custom */
+    json_t *result;          /* value, exception dict or meta; NULL = null */
+    const char *traceback;   /* NULL = null */
+    const char *group_id;    /* NULL: key omitted */
+    const char *parent_id;   /* NULL: key omitted */
+    const char *reply_to;    /* rpc:// routing (unused by Redis) */
+    /* result_extended fields */
+    const char *name;
+    json_t *args, *kwargs;
+    const char *worker;
+    int retries;
+    const char *queue;
+} cel_result_rec;
+
+typedef struct cel_backend cel_backend;
+
+typedef struct cel_backend_ops {
+    int (*store)(cel_backend *b, const cel_result_rec *r);
+    int (*flush)(cel_backend *b);
+    void (*close)(cel_backend *b);
+} cel_backend_ops;
+
+struct cel_backend {
+    const cel_backend_ops *ops;
+    bool extended;        /* result_extended */
+    double expires;       /* result_expires seconds; 0 = never */
+};
+
+/* Opens the backend named by `url` (redis://...).  Returns NULL with `err`
+ * set on failure (the password never appears in it). */
+cel_backend *cel_backend_open(const char *url, const cel_config *cfg, char *err, size_t errlen);
+
+/* The meta object Celery stores (status, result, traceback, children,
+ * date_done, [group_id], [parent_id], [extended fields], task_id); with
+ * `for_rpc` the rpc:// shape (task_id first, no date_done).  New reference. */
+json_t *cel_result_meta(const cel_result_rec *r, bool extended, bool for_rpc);
+
+/* True for SUCCESS, FAILURE, REVOKED (Celery's READY_STATES). */
+bool cel_state_is_ready(const char *status);
+
+static inline int cel_backend_store(cel_backend *b, const cel_result_rec *r)
+{
+    return b->ops->store(b, r);
+}
+static inline int cel_backend_flush(cel_backend *b) { return b->ops->flush(b); }
+static inline void cel_backend_close(cel_backend *b)
+{
+    if (b)
+        b->ops->close(b);
+}
+
+/* Redis implementation (redis.c). */
+cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,
+                                    size_t errlen);
+
+#endif

@@ -1,0 +1,692 @@
+/* redis.c — the Redis transport, kombu 5.2.4-compatible.
+ *
+ * Keys are kombu's: list `<queue>` (+ `<queue>\x06\x16<3|6|9>` priority
+ * lists), `_kombu.binding.<exchange>` sets, and the ack emulation `unacked`
+ * hash (tag -> [envelope, exchange, routing_key]), `unacked_index` zset (tag
+ * -> delivery time) and `unacked_mutex`.  A Python worker and celeriac can
+ * therefore share a queue, and each restores what the other left unacked.
+ *
+ * Why Lua for fetching: kombu's BRPOP-then-HSET leaves a window in which a
+ * crash loses the popped message.  FETCH_LUA pops up to N messages and
+ * records them in `unacked`/`unacked_index` atomically, with the same values
+ * kombu writes.  BRPOP (on a second connection, so acks and results never
+ * wait behind it) is used only to sleep on empty queues; the message it pops
+ * is handed to FETCH_LUA at once to be recorded — the same window kombu has,
+ * and only on an idle queue.
+ *
+ * Why restore in C and not Lua: the restored envelope must be the original
+ * with two `redelivered` flags set; jansson keeps every value exactly (Lua's
+ * cjson would turn `[]` into `{}`), and a compare-and-move script keeps the
+ * move atomic as kombu's WATCH/MULTI does.
+ */
+#include "broker/transport.h"
+#include "core/log.h"
+#include "core/message.h"
+#include "core/rconn.h"
+#include "core/util.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SEP "\x06\x16"
+
+static const char FETCH_LUA[] =
+    "local max = tonumber(ARGV[1])\n"
+    "local now = ARGV[2]\n"
+    "local out = {}\n"
+    "local function track(key, m)\n"
+    "  local ok, env = pcall(cjson.decode, m)\n"
+    "  if ok and type(env) == 'table' and type(env['properties']) == 'table' then\n"
+    "    local p = env['properties']\n"
+    "    local tag = p['delivery_tag']\n"
+    "    if type(tag) == 'string' then\n"
+    "      local ex, rk = '', ''\n"
+    "      local di = p['delivery_info']\n"
+    "      if type(di) == 'table' then\n"
+    "        if type(di['exchange']) == 'string' then ex = di['exchange'] end\n"
+    "        if type(di['routing_key']) == 'string' then rk = di['routing_key'] end\n"
+    "      end\n"
+    "      redis.call('ZADD', KEYS[2], now, tag)\n"
+    "      redis.call('HSET', KEYS[1], tag, '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' "
+    ".. cjson.encode(rk) .. ']')\n"
+    "    end\n"
+    "  end\n"
+    "  out[#out + 1] = key\n"
+    "  out[#out + 1] = m\n"
+    "end\n"
+    "if ARGV[3] then track(ARGV[4], ARGV[3]) end\n"
+    "for i = 3, #KEYS do\n"
+    "  while #out < 2 * max do\n"
+    "    local m = redis.call('RPOP', KEYS[i])\n"
+    "    if not m then break end\n"
+    "    track(KEYS[i], m)\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+/* KEYS: unacked, unacked_index, queue; ARGV: tag, new envelope, expected
+ * old hash value (or "" to skip the check), push side ("R"/"L"). */
+static const char RESTORE_LUA[] =
+    "if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[3] then return 0 end\n"
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "if ARGV[4] == 'L' then redis.call('LPUSH', KEYS[3], ARGV[2])\n"
+    "else redis.call('RPUSH', KEYS[3], ARGV[2]) end\n"
+    "return 1\n";
+
+static const char UNLOCK_LUA[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
+
+typedef struct redis_transport {
+    cel_transport base;
+    cel_url url;
+    const cel_config *cfg;
+    redisContext *cmd;  /* acks, fetch script, publish, restore */
+    redisContext *blk;  /* BRPOP only */
+    bool waiting;
+    char **queues;      /* consumed queues, rotated for fairness */
+    int nqueues;
+    cel_rscript fetch, restore, unlock;
+    char **acks;        /* queued ack tags */
+    size_t nacks, capacks;
+} redis_transport;
+
+void cel_delivery_free(cel_delivery *d)
+{
+    free(d->raw);
+    free(d->queue);
+    d->raw = d->queue = NULL;
+}
+
+static const char *const PRIO_SUFFIX[4] = {"", SEP "3", SEP "6", SEP "9"};
+
+static int priority_step(int priority)
+{
+    if (priority >= 9)
+        return 3;
+    if (priority >= 6)
+        return 2;
+    if (priority >= 3)
+        return 1;
+    return 0;
+}
+
+static char *queue_key(const char *queue, int step)
+{
+    char *k = NULL;
+    if (asprintf(&k, "%s%s", queue, PRIO_SUFFIX[step]) < 0)
+        return NULL;
+    return k;
+}
+
+/* The queue a key belongs to (strip the priority suffix). */
+static char *key_queue(const char *key, size_t len)
+{
+    const char *sep = memmem(key, len, SEP, 2);
+    size_t n = sep ? (size_t)(sep - key) : len;
+    return strndup(key, n);
+}
+
+static int reconnect_cmd(redis_transport *t)
+{
+    if (t->cmd && !t->cmd->err)
+        return 0;
+    if (t->cmd)
+        redisFree(t->cmd);
+    char err[256];
+    t->cmd = cel_redis_connect(&t->url, 5.0, err, sizeof err);
+    if (!t->cmd) {
+        cel_error("broker: %s", err);
+        return -1;
+    }
+    t->fetch.sha[0] = t->restore.sha[0] = t->unlock.sha[0] = 0;
+    cel_info("broker: reconnected");
+    return 0;
+}
+
+static int parse_fetch_reply(redisReply *r, cel_delivery *out, int max)
+{
+    if (r->type != REDIS_REPLY_ARRAY)
+        return -1;
+    int n = 0;
+    for (size_t i = 0; i + 1 < r->elements && n < max; i += 2) {
+        redisReply *k = r->element[i], *m = r->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || m->type != REDIS_REPLY_STRING)
+            continue;
+        out[n].raw = malloc(m->len + 1);
+        out[n].queue = key_queue(k->str, k->len);
+        if (!out[n].raw || !out[n].queue) {
+            cel_delivery_free(&out[n]);
+            continue;
+        }
+        memcpy(out[n].raw, m->str, m->len);
+        out[n].raw[m->len] = 0;
+        out[n].len = m->len;
+        n++;
+    }
+    return n;
+}
+
+/* Runs FETCH_LUA; `popped`/`popped_key` is a message BRPOP already took. */
+static int run_fetch(redis_transport *t, int max, cel_delivery *out, const char *popped,
+                     size_t popped_len, const char *popped_key, size_t popped_key_len)
+{
+    int nkeys = 2 + 4 * t->nqueues;
+    const char **argv = calloc((size_t)nkeys + 4, sizeof *argv);
+    size_t *lens = calloc((size_t)nkeys + 4, sizeof *lens);
+    char **owned = calloc((size_t)nkeys, sizeof *owned);
+    int rc = -1;
+    if (!argv || !lens || !owned)
+        goto done;
+    argv[0] = "unacked";
+    argv[1] = "unacked_index";
+    int k = 2;
+    /* Priority-major order, as kombu's BRPOP lists the keys. */
+    for (int step = 0; step < 4; step++)
+        for (int q = 0; q < t->nqueues; q++) {
+            owned[k] = queue_key(t->queues[q], step);
+            if (!owned[k])
+                goto done;
+            argv[k] = owned[k];
+            k++;
+        }
+    for (int i = 0; i < k; i++)
+        lens[i] = strlen(argv[i]);
+    char maxs[16], now[32];
+    snprintf(maxs, sizeof maxs, "%d", max);
+    snprintf(now, sizeof now, "%.6f", cel_now());
+    int argc = k;
+    argv[argc] = maxs;
+    lens[argc++] = strlen(maxs);
+    argv[argc] = now;
+    lens[argc++] = strlen(now);
+    if (popped) {
+        argv[argc] = popped;
+        lens[argc++] = popped_len;
+        argv[argc] = popped_key;
+        lens[argc++] = popped_key_len;
+    }
+    if (reconnect_cmd(t) < 0)
+        goto done;
+    redisReply *r = cel_rscript_call(t->cmd, &t->fetch, k, argc, argv, lens);
+    if (!r) {
+        cel_error("broker: fetch failed: %s", t->cmd->errstr);
+        goto done;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        cel_error("broker: fetch failed: %s", r->str);
+        freeReplyObject(r);
+        goto done;
+    }
+    rc = parse_fetch_reply(r, out, max + (popped ? 1 : 0));
+    freeReplyObject(r);
+    /* Round robin: the queue that delivered goes to the end. */
+    if (rc > 0 && t->nqueues > 1) {
+        for (int q = 0; q < t->nqueues; q++) {
+            if (strcmp(t->queues[q], out[rc - 1].queue) == 0) {
+                char *first = t->queues[q];
+                memmove(&t->queues[q], &t->queues[q + 1],
+                        (size_t)(t->nqueues - q - 1) * sizeof(char *));
+                t->queues[t->nqueues - 1] = first;
+                break;
+            }
+        }
+    }
+done:
+    if (owned)
+        for (int i = 0; i < nkeys; i++)
+            free(owned[i]);
+    free(owned);
+    free(argv);
+    free(lens);
+    return rc;
+}
+
+static int rt_fetch(cel_transport *base, int max, cel_delivery *out)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (max <= 0)
+        return 0;
+    return run_fetch(t, max, out, NULL, 0, NULL, 0);
+}
+
+static int rt_wait_start(cel_transport *base, double timeout_s)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (t->waiting)
+        return t->blk->fd;
+    if (!t->blk || t->blk->err) {
+        if (t->blk)
+            redisFree(t->blk);
+        char err[256];
+        t->blk = cel_redis_connect(&t->url, 5.0, err, sizeof err);
+        if (!t->blk) {
+            cel_error("broker: %s", err);
+            return -1;
+        }
+    }
+    int nkeys = 4 * t->nqueues;
+    const char **argv = calloc((size_t)nkeys + 2, sizeof *argv);
+    char **owned = calloc((size_t)nkeys, sizeof *owned);
+    int fd = -1;
+    if (!argv || !owned)
+        goto done;
+    argv[0] = "BRPOP";
+    int k = 0;
+    for (int step = 0; step < 4; step++)
+        for (int q = 0; q < t->nqueues; q++) {
+            owned[k] = queue_key(t->queues[q], step);
+            if (!owned[k])
+                goto done;
+            argv[1 + k] = owned[k];
+            k++;
+        }
+    char to[16];
+    snprintf(to, sizeof to, "%d", timeout_s < 1 ? 1 : (int)timeout_s);
+    argv[1 + k] = to;
+    if (redisAppendCommandArgv(t->blk, k + 2, argv, NULL) != REDIS_OK)
+        goto done;
+    int wdone = 0;
+    while (!wdone)
+        if (redisBufferWrite(t->blk, &wdone) != REDIS_OK)
+            goto done;
+    t->waiting = true;
+    fd = t->blk->fd;
+done:
+    if (owned)
+        for (int i = 0; i < nkeys; i++)
+            free(owned[i]);
+    free(owned);
+    free(argv);
+    return fd;
+}
+
+static bool rt_waiting(const cel_transport *base)
+{
+    return ((const redis_transport *)base)->waiting;
+}
+
+static int rt_wait_fd(const cel_transport *base)
+{
+    const redis_transport *t = (const redis_transport *)base;
+    return t->blk ? t->blk->fd : -1;
+}
+
+static int rt_wait_ready(cel_transport *base, cel_delivery *out)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (!t->waiting)
+        return 0;
+    if (redisBufferRead(t->blk) != REDIS_OK) {
+        t->waiting = false;
+        cel_error("broker: connection lost while waiting: %s", t->blk->errstr);
+        return -1;
+    }
+    redisReply *r = NULL;
+    if (redisGetReplyFromReader(t->blk, (void **)&r) != REDIS_OK) {
+        t->waiting = false;
+        return -1;
+    }
+    if (!r)
+        return 0; /* partial reply: still waiting */
+    t->waiting = false;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
+        /* Record it in unacked at once (and take nothing more: the caller
+         * asked for one). */
+        cel_delivery tmp[1];
+        int n = run_fetch(t, 0, tmp, r->element[1]->str, r->element[1]->len,
+                          r->element[0]->str, r->element[0]->len);
+        if (n == 1) {
+            *out = tmp[0];
+            rc = 1;
+        } else {
+            cel_error("broker: could not record a delivery; pushing it back");
+            redisReply *p = redisCommand(t->cmd, "RPUSH %b %b", r->element[0]->str,
+                                         r->element[0]->len, r->element[1]->str,
+                                         r->element[1]->len);
+            if (p)
+                freeReplyObject(p);
+            rc = -1;
+        }
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        cel_error("broker: BRPOP failed: %s", r->str);
+        rc = -1;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static int rt_ack(cel_transport *base, const char *tag)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (t->nacks == t->capacks) {
+        size_t cap = t->capacks ? t->capacks * 2 : 64;
+        char **a = realloc(t->acks, cap * sizeof *a);
+        if (!a)
+            return -1;
+        t->acks = a;
+        t->capacks = cap;
+    }
+    t->acks[t->nacks] = strdup(tag);
+    if (!t->acks[t->nacks])
+        return -1;
+    t->nacks++;
+    return 0;
+}
+
+static int rt_flush(cel_transport *base)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (!t->nacks)
+        return 0;
+    int rc = -1;
+    size_t n = t->nacks;
+    if (reconnect_cmd(t) < 0)
+        goto done;
+    /* kombu's ack: ZREM unacked_index + HDEL unacked, batched. */
+    const char **za = malloc((n + 2) * sizeof *za);
+    const char **ha = malloc((n + 2) * sizeof *ha);
+    if (!za || !ha) {
+        free(za);
+        free(ha);
+        goto done;
+    }
+    za[0] = "ZREM";
+    za[1] = "unacked_index";
+    ha[0] = "HDEL";
+    ha[1] = "unacked";
+    for (size_t i = 0; i < n; i++)
+        za[i + 2] = ha[i + 2] = t->acks[i];
+    redisAppendCommand(t->cmd, "MULTI");
+    redisAppendCommandArgv(t->cmd, (int)n + 2, za, NULL);
+    redisAppendCommandArgv(t->cmd, (int)n + 2, ha, NULL);
+    redisAppendCommand(t->cmd, "EXEC");
+    free(za);
+    free(ha);
+    rc = 0;
+    for (int i = 0; i < 4; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(t->cmd, (void **)&r) != REDIS_OK) {
+            rc = -1;
+            break;
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            cel_error("broker: ack failed: %s", r->str);
+            rc = -1;
+        }
+        freeReplyObject(r);
+    }
+done:
+    if (rc < 0)
+        cel_error("broker: %zu ack(s) not sent; the messages will be redelivered after the "
+                  "visibility timeout", n);
+    for (size_t i = 0; i < n; i++)
+        free(t->acks[i]);
+    t->nacks = 0;
+    return rc;
+}
+
+/* Queues that a message published to (exchange, routing_key) reaches, as
+ * kombu's _lookup: "" = the routing key is the queue; else the binding set. */
+static char **lookup_queues(redis_transport *t, const char *exchange, const char *rk)
+{
+    char **out = calloc(2, sizeof *out);
+    if (!out)
+        return NULL;
+    if (!exchange || !*exchange) {
+        out[0] = strdup(rk);
+        return out;
+    }
+    redisReply *r = redisCommand(t->cmd, "SMEMBERS _kombu.binding.%s", exchange);
+    size_t n = 0;
+    if (r && r->type == REDIS_REPLY_ARRAY) {
+        char **grown = realloc(out, (r->elements + 2) * sizeof *out);
+        if (grown) {
+            out = grown;
+            for (size_t i = 0; i < r->elements; i++) {
+                redisReply *e = r->element[i];
+                if (e->type != REDIS_REPLY_STRING)
+                    continue;
+                const char *s1 = memmem(e->str, e->len, SEP, 2);
+                if (!s1)
+                    continue;
+                const char *s2 = memmem(s1 + 2, e->len - (size_t)(s1 + 2 - e->str), SEP, 2);
+                if (!s2)
+                    continue;
+                size_t rklen = (size_t)(s1 - e->str);
+                if (rklen == strlen(rk) && memcmp(e->str, rk, rklen) == 0)
+                    out[n++] = strndup(s2 + 2, e->len - (size_t)(s2 + 2 - e->str));
+            }
+        }
+    }
+    if (r)
+        freeReplyObject(r);
+    if (n == 0) /* no binding: kombu would drop; keep the message instead */
+        out[n++] = strdup(rk);
+    out[n] = NULL;
+    return out;
+}
+
+static int restore_one(redis_transport *t, const char *tag, const char *env, size_t len,
+                       const char *expected, bool leftmost)
+{
+    char *re = cel_message_redelivered_envelope(env, len);
+    if (!re) {
+        cel_error("broker: cannot restore message %s: malformed envelope", tag);
+        return -1;
+    }
+    json_error_t jerr;
+    json_t *e = json_loadb(env, len, JSON_ALLOW_NUL, &jerr);
+    json_t *di = json_object_get(json_object_get(e, "properties"), "delivery_info");
+    const char *ex = json_string_value(json_object_get(di, "exchange"));
+    const char *rk = json_string_value(json_object_get(di, "routing_key"));
+    char **queues = lookup_queues(t, ex ? ex : "", rk ? rk : "celery");
+    json_decref(e);
+    int rc = 0;
+    for (size_t i = 0; queues && queues[i]; i++) {
+        const char *argv[7] = {"unacked", "unacked_index", queues[i], tag, re,
+                               expected ? expected : "", leftmost ? "L" : "R"};
+        redisReply *r = cel_rscript_call(t->cmd, &t->restore, 3, 7, argv, NULL);
+        if (!r || r->type == REDIS_REPLY_ERROR)
+            rc = -1;
+        else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && i == 0)
+            rc = 0; /* someone else restored or acked it meanwhile */
+        if (r)
+            freeReplyObject(r);
+        expected = NULL; /* further queues: copies */
+    }
+    cel_strv_free(queues);
+    free(re);
+    return rc;
+}
+
+static int rt_restore(cel_transport *base, const char *tag, const char *raw, size_t len)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (reconnect_cmd(t) < 0)
+        return -1;
+    return restore_one(t, tag, raw, len, NULL, false);
+}
+
+static int rt_reject(cel_transport *base, const char *tag, bool requeue)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (requeue) {
+        if (reconnect_cmd(t) < 0)
+            return -1;
+        redisReply *r = redisCommand(t->cmd, "HGET unacked %s", tag);
+        if (r && r->type == REDIS_REPLY_STRING) {
+            json_error_t jerr;
+            json_t *v = json_loadb(r->str, r->len, JSON_ALLOW_NUL, &jerr);
+            char *env = json_dumps(json_array_get(v, 0), JSON_ENSURE_ASCII | JSON_ALLOW_NUL);
+            if (env)
+                restore_one(t, tag, env, strlen(env), NULL, true);
+            free(env);
+            json_decref(v);
+        }
+        if (r)
+            freeReplyObject(r);
+    }
+    return rt_ack(base, tag);
+}
+
+static int rt_restore_visible(cel_transport *base)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (reconnect_cmd(t) < 0)
+        return -1;
+    char token[37];
+    cel_uuid4(token);
+    redisReply *r = redisCommand(t->cmd, "SET unacked_mutex %s PX 300000 NX", token);
+    if (!r || r->type != REDIS_REPLY_STATUS) { /* nil: another consumer restores now */
+        if (r)
+            freeReplyObject(r);
+        return 0;
+    }
+    freeReplyObject(r);
+    int restored = 0;
+    char ceil[32];
+    snprintf(ceil, sizeof ceil, "%.6f", cel_now() - t->cfg->visibility_timeout);
+    r = redisCommand(t->cmd, "ZREVRANGEBYSCORE unacked_index %s 0 LIMIT 0 1000", ceil);
+    if (r && r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements; i++) {
+            redisReply *tag = r->element[i];
+            if (tag->type != REDIS_REPLY_STRING)
+                continue;
+            redisReply *v = redisCommand(t->cmd, "HGET unacked %b", tag->str, tag->len);
+            if (v && v->type == REDIS_REPLY_STRING) {
+                json_error_t jerr;
+                json_t *arr = json_loadb(v->str, v->len, JSON_ALLOW_NUL, &jerr);
+                char *env = json_is_array(arr) ? json_dumps(json_array_get(arr, 0),
+                                                            JSON_ENSURE_ASCII | JSON_ALLOW_NUL)
+                                               : NULL;
+                if (env && restore_one(t, tag->str, env, strlen(env), v->str, false) == 0)
+                    restored++;
+                free(env);
+                json_decref(arr);
+            } else {
+                /* index entry without a message: drop it, as kombu does */
+                redisReply *z = redisCommand(t->cmd, "ZREM unacked_index %b", tag->str, tag->len);
+                if (z)
+                    freeReplyObject(z);
+            }
+            if (v)
+                freeReplyObject(v);
+        }
+    }
+    if (r)
+        freeReplyObject(r);
+    const char *ua[3] = {"unacked_mutex", token, NULL};
+    r = cel_rscript_call(t->cmd, &t->unlock, 1, 2, ua, NULL);
+    if (r)
+        freeReplyObject(r);
+    if (restored)
+        cel_warn("Restored %d message(s) unacknowledged past the visibility timeout", restored);
+    return restored;
+}
+
+static int rt_publish(cel_transport *base, const char *queue, int priority, const char *raw,
+                      size_t len)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (reconnect_cmd(t) < 0)
+        return -1;
+    char *key = queue_key(queue, priority_step(priority < 0 ? 0 : priority));
+    if (!key)
+        return -1;
+    redisReply *r = redisCommand(t->cmd, "LPUSH %s %b", key, raw, len);
+    free(key);
+    int rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+static void rt_close(cel_transport *base)
+{
+    redis_transport *t = (redis_transport *)base;
+    rt_flush(base);
+    if (t->cmd)
+        redisFree(t->cmd);
+    if (t->blk)
+        redisFree(t->blk);
+    cel_strv_free(t->queues);
+    free(t->acks);
+    cel_url_free(&t->url);
+    free(t);
+}
+
+static const cel_transport_ops redis_ops = {
+    rt_fetch, rt_wait_start, rt_wait_ready, rt_waiting, rt_wait_fd, rt_ack, rt_reject,
+    rt_restore, rt_flush, rt_restore_visible, rt_publish, rt_close,
+};
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+cel_transport *cel_redis_transport_open(const cel_url *u, const cel_config *cfg,
+                                        bool consume, char *err, size_t errlen)
+{
+    redis_transport *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->base.ops = &redis_ops;
+    t->cfg = cfg;
+    t->url = *u;
+    t->url.host = dup_or_null(u->host);
+    t->url.user = dup_or_null(u->user);
+    t->url.password = dup_or_null(u->password);
+    t->url.path = dup_or_null(u->path);
+    t->fetch.source = FETCH_LUA;
+    t->restore.source = RESTORE_LUA;
+    t->unlock.source = UNLOCK_LUA;
+    t->cmd = cel_redis_connect(&t->url, 5.0, err, errlen);
+    if (!t->cmd)
+        goto fail;
+    if (consume) {
+        size_t nq = 0;
+        while (cfg->queues && cfg->queues[nq])
+            nq++;
+        t->queues = calloc(nq + 1, sizeof *t->queues);
+        if (!t->queues)
+            goto fail;
+        for (size_t i = 0; i < nq; i++) {
+            t->queues[i] = strdup(cfg->queues[i]);
+            /* Declare the binding, as kombu does before consuming: Python
+             * producers that name the exchange route through it. */
+            redisReply *r = redisCommand(t->cmd, "SADD _kombu.binding.%s %s" SEP SEP "%s",
+                                         cfg->queues[i], cfg->queues[i], cfg->queues[i]);
+            if (!r || r->type == REDIS_REPLY_ERROR) {
+                snprintf(err, errlen, "broker: cannot declare queue %s: %s", cfg->queues[i],
+                         r ? r->str : t->cmd->errstr);
+                if (r)
+                    freeReplyObject(r);
+                goto fail;
+            }
+            freeReplyObject(r);
+        }
+        t->nqueues = (int)nq;
+    }
+    return &t->base;
+fail:
+    rt_close(&t->base);
+    return NULL;
+}
+
+cel_transport *cel_transport_open(const cel_config *cfg, bool consume, char *err, size_t errlen)
+{
+    cel_url u;
+    if (cel_url_parse(cfg->broker_url, &u, err, errlen) < 0)
+        return NULL;
+    cel_transport *t = NULL;
+    if (u.scheme == CEL_URL_REDIS || u.scheme == CEL_URL_UNIX)
+        t = cel_redis_transport_open(&u, cfg, consume, err, errlen);
+    else
+        snprintf(err, errlen, "broker transport not supported yet (use redis://)");
+    cel_url_free(&u);
+    return t;
+}

@@ -1,0 +1,74 @@
+/* transport.h — the broker interface the worker sees.  The worker never names
+ * a broker: Redis (kombu's list + ack-emulation protocol) now, AMQP 0-9-1
+ * next, both behind this vtable.
+ *
+ * Flow: fetch() takes up to N messages without blocking; when it finds none,
+ * wait_start() arms a blocking wait whose descriptor the worker polls, and
+ * wait_ready() collects what arrived.  Every delivery stays unacked (and
+ * restorable by any consumer after the visibility timeout) until ack() or
+ * reject(); acks are queued and sent by flush() in one round trip.
+ */
+#ifndef CELERIAC_TRANSPORT_H
+#define CELERIAC_TRANSPORT_H
+
+#include "core/config.h"
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct cel_delivery {
+    char *raw;      /* owned: envelope text as received (NUL-terminated) */
+    size_t len;
+    char *queue;    /* owned: queue name it came from */
+} cel_delivery;
+
+void cel_delivery_free(cel_delivery *d);
+
+typedef struct cel_transport cel_transport;
+
+typedef struct cel_transport_ops {
+    /* Takes up to `max` messages now; appends them to `out` (caller-owned
+     * array with room for max).  Returns how many, or -1 on a broker error. */
+    int (*fetch)(cel_transport *t, int max, cel_delivery *out);
+    /* Arms a blocking wait for the next message; returns the fd to poll for
+     * input, or -1. */
+    int (*wait_start)(cel_transport *t, double timeout_s);
+    /* Call when the wait fd is readable: 1 and fills *out when a message
+     * arrived, 0 when the wait ended empty (or is still incomplete: check
+     * waiting()), -1 on error. */
+    int (*wait_ready)(cel_transport *t, cel_delivery *out);
+    bool (*waiting)(const cel_transport *t);
+    /* The descriptor of the armed wait (valid while waiting()). */
+    int (*wait_fd)(const cel_transport *t);
+    /* Queues an ack of the delivery with tag `tag` (copied). */
+    int (*ack)(cel_transport *t, const char *tag);
+    /* Rejects: requeue = back to the queue's far end (LPUSH), else drop. */
+    int (*reject)(cel_transport *t, const char *tag, bool requeue);
+    /* Puts a held, unstarted message back for the next consumer
+     * (RPUSH, redelivered) — warm shutdown.  `raw` is the envelope. */
+    int (*restore)(cel_transport *t, const char *tag, const char *raw, size_t len);
+    /* Sends queued acks.  Returns 0 or -1. */
+    int (*flush)(cel_transport *t);
+    /* Restores messages other consumers left unacked past the visibility
+     * timeout.  Returns how many, or -1. */
+    int (*restore_visible)(cel_transport *t);
+    /* Publishes an envelope to a queue with a priority (retries, callbacks,
+     * `celeriac call`). */
+    int (*publish)(cel_transport *t, const char *queue, int priority, const char *raw,
+                   size_t len);
+    void (*close)(cel_transport *t);
+} cel_transport_ops;
+
+struct cel_transport {
+    const cel_transport_ops *ops;
+};
+
+/* Opens the transport for cfg->broker_url and prepares to consume
+ * cfg->queues (bindings declared).  `consume` false: publish only.
+ * Returns NULL with `err` set. */
+cel_transport *cel_transport_open(const cel_config *cfg, bool consume, char *err,
+                                  size_t errlen);
+
+cel_transport *cel_redis_transport_open(const cel_url *u, const cel_config *cfg,
+                                        bool consume, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,62 @@
+/* main.c — the `celeriac` command: `celeriac worker ...` (as `celery
+ * worker`) and `celeriac call ...` (as `celery call`). */
+#include "core/config.h"
+#include "core/log.h"
+#include "worker/worker.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fputs("usage: celeriac worker [options]   run a worker (see `celeriac worker --help`)\n"
+          "       celeriac call TASK [--args JSON] [--kwargs JSON] [-Q QUEUE] [--countdown N]\n"
+          "                     [-b URL]       send a task and print its id\n"
+          "       celeriac --version\n",
+          f);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return CEL_EX_USAGE;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        puts("celeriac " CELERIAC_VERSION " (Celery protocol v2)");
+        return 0;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "call"))
+        return cel_call_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "worker") != 0) {
+        fprintf(stderr, "celeriac: error: unknown command: %s\n", argv[1]);
+        usage(stderr);
+        return CEL_EX_USAGE;
+    }
+    cel_config cfg;
+    char err[512] = "";
+    int rc = cel_config_from_worker_args(&cfg, argc - 1, argv + 1, err, sizeof err);
+    if (rc == 1) {
+        cel_config_free(&cfg);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "celeriac: error: %s\n", err);
+        cel_config_free(&cfg);
+        return CEL_EX_USAGE;
+    }
+    cel_log_set_level((cel_log_level)cfg.loglevel);
+    cel_log_set_process("MainProcess");
+    if (cfg.logfile && cel_log_set_file(cfg.logfile) < 0) {
+        fprintf(stderr, "celeriac: error: cannot open log file %s\n", cfg.logfile);
+        cel_config_free(&cfg);
+        return CEL_EX_USAGE;
+    }
+    rc = cel_worker_main(&cfg);
+    cel_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,116 @@
+/* registry.c — task table and task-module loading (see registry.h).
+ *
+ * The table is a sorted array searched by bsearch: registration happens once
+ * at start-up, lookups once per message, and the sorted order is what
+ * `inspect registered` reports anyway.
+ */
+#include "worker/registry.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cel_registry {
+    cel_task_def *defs;
+    size_t n, cap;
+    void **modules;
+    size_t nmodules;
+};
+
+cel_registry *cel_registry_new(void) { return calloc(1, sizeof(cel_registry)); }
+
+void cel_registry_free(cel_registry *reg)
+{
+    if (!reg)
+        return;
+    for (size_t i = 0; i < reg->n; i++)
+        free(reg->defs[i].name);
+    free(reg->defs);
+    /* Modules stay mapped: a child may still be unwinding through their
+     * code at exit, and dlclose buys nothing at process end. */
+    free(reg->modules);
+    free(reg);
+}
+
+static int cmp_def(const void *a, const void *b)
+{
+    return strcmp(((const cel_task_def *)a)->name, ((const cel_task_def *)b)->name);
+}
+
+int cel_register(cel_registry *reg, const char *name, cel_task_fn fn,
+                 const cel_task_options *opts)
+{
+    if (!reg || !name || !*name || !fn || strlen(name) > 255)
+        return -1;
+    if (cel_registry_find(reg, name))
+        return -1;
+    if (reg->n == reg->cap) {
+        size_t cap = reg->cap ? reg->cap * 2 : 16;
+        cel_task_def *d = realloc(reg->defs, cap * sizeof *d);
+        if (!d)
+            return -1;
+        reg->defs = d;
+        reg->cap = cap;
+    }
+    cel_task_def *def = &reg->defs[reg->n];
+    def->name = strdup(name);
+    if (!def->name)
+        return -1;
+    def->fn = fn;
+    if (opts) {
+        def->opts = *opts;
+    } else {
+        def->opts = (cel_task_options){.acks_late = -1, .track_started = -1,
+                                       .ignore_result = -1, .max_retries = -1};
+    }
+    reg->n++;
+    qsort(reg->defs, reg->n, sizeof *reg->defs, cmp_def);
+    return 0;
+}
+
+const cel_task_def *cel_registry_find(const cel_registry *reg, const char *name)
+{
+    if (!reg->n)
+        return NULL;
+    cel_task_def key = {.name = (char *)name};
+    return bsearch(&key, reg->defs, reg->n, sizeof *reg->defs, cmp_def);
+}
+
+size_t cel_registry_count(const cel_registry *reg) { return reg->n; }
+
+const cel_task_def *cel_registry_at(const cel_registry *reg, size_t i)
+{
+    return i < reg->n ? &reg->defs[i] : NULL;
+}
+
+int cel_registry_load(cel_registry *reg, const char *path, char *err, size_t errlen)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(err, errlen, "cannot load task module %s: %s", path, dlerror());
+        return -1;
+    }
+    int (*init)(cel_registry *);
+    *(void **)&init = dlsym(h, "celeriac_module_init");
+    if (!init) {
+        snprintf(err, errlen, "%s: no celeriac_module_init symbol", path);
+        dlclose(h);
+        return -1;
+    }
+    size_t before = reg->n;
+    if (init(reg) != 0) {
+        snprintf(err, errlen, "%s: celeriac_module_init failed", path);
+        return -1;
+    }
+    if (reg->n == before) {
+        snprintf(err, errlen, "%s: module registered no tasks", path);
+        return -1;
+    }
+    void **m = realloc(reg->modules, (reg->nmodules + 1) * sizeof *m);
+    if (!m)
+        return -1;
+    reg->modules = m;
+    reg->modules[reg->nmodules++] = h;
+    return 0;
+}

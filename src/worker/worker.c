@@ -1,0 +1,771 @@
+/* worker.c — the consumer loop.
+ *
+ * One thread, one poll() loop in the parent process.  Each turn:
+ *   1. take signals (self-pipe): TERM/INT = warm shutdown, QUIT or a second
+ *      INT = cold, CHLD = reap pool processes;
+ *   2. fetch up to the free prefetch budget without blocking; when the queues
+ *      are empty, arm the transport's blocking wait (BRPOP) and poll its fd;
+ *   3. hand due requests to idle pool processes (acking on start unless
+ *      acks_late, as Celery does);
+ *   4. flush the result backend, then the transport's acks — a result is
+ *      stored before its acks_late message is acked;
+ *   5. poll the signal pipe, the wait fd and the pool's sockets, with a
+ *      timeout bounded by the next ETA and the visibility-restore timer.
+ *
+ * Every message the worker holds is a `request`: parsed once, kept until its
+ * outcome is stored and its ack sent, or restored to the broker at shutdown.
+ * The prefetch budget (concurrency × multiplier) counts every request held,
+ * reserved or running.
+ */
+#include "worker/worker.h"
+#include "backend/backend.h"
+#include "broker/transport.h"
+#include "core/log.h"
+#include "core/message.h"
+#include "core/util.h"
+#include "worker/exec.h"
+#include "worker/pool.h"
+#include "worker/registry.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define FETCH_BATCH 64
+#define MAX_POLLFDS 1024
+#define UNLIMITED_PREFETCH 1000
+
+typedef enum req_state { REQ_RESERVED, REQ_RUNNING } req_state;
+
+typedef struct request {
+    uint64_t job;
+    req_state state;
+    cel_message msg;
+    cel_delivery d;       /* raw envelope, for restore */
+    const cel_task_def *def;
+    bool acks_late, track_started, ignore_result;
+    bool acked;
+    double time_start;    /* monotonic */
+} request;
+
+typedef struct worker {
+    cel_config *cfg;
+    cel_registry *reg;
+    cel_transport *tr;
+    cel_backend *be;
+    cel_pool *pool;
+    request **reqs;       /* held requests, in arrival order */
+    size_t nreqs, capreqs;
+    uint64_t next_job;
+    int prefetch;
+    int sigpipe[2];
+    enum { RUNNING, WARM, COLD } stop;
+    int sigint_count;
+    double next_restore;
+    unsigned long processed;
+} worker;
+
+static worker *g_worker_for_signals;
+static int g_sigpipe_w = -1;
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (g_sigpipe_w >= 0 && write(g_sigpipe_w, &b, 1) < 0) {
+        /* pipe full: a signal of that kind is already pending */
+    }
+    errno = saved;
+}
+
+/* ---- requests --------------------------------------------------------- */
+
+static request *find_req(worker *w, uint64_t job, size_t *idx)
+{
+    for (size_t i = 0; i < w->nreqs; i++)
+        if (w->reqs[i]->job == job) {
+            if (idx)
+                *idx = i;
+            return w->reqs[i];
+        }
+    return NULL;
+}
+
+static void drop_req(worker *w, request *r)
+{
+    for (size_t i = 0; i < w->nreqs; i++)
+        if (w->reqs[i] == r) {
+            memmove(&w->reqs[i], &w->reqs[i + 1], (w->nreqs - i - 1) * sizeof *w->reqs);
+            w->nreqs--;
+            break;
+        }
+    cel_message_clear(&r->msg);
+    cel_delivery_free(&r->d);
+    free(r);
+}
+
+static int add_req(worker *w, request *r)
+{
+    if (w->nreqs == w->capreqs) {
+        size_t cap = w->capreqs ? w->capreqs * 2 : 64;
+        request **a = realloc(w->reqs, cap * sizeof *a);
+        if (!a)
+            return -1;
+        w->reqs = a;
+        w->capreqs = cap;
+    }
+    w->reqs[w->nreqs++] = r;
+    return 0;
+}
+
+static void ack(worker *w, request *r)
+{
+    if (r->acked || !r->msg.delivery_tag)
+        return;
+    w->tr->ops->ack(w->tr, r->msg.delivery_tag);
+    r->acked = true;
+}
+
+/* ---- results ---------------------------------------------------------- */
+
+static void store(worker *w, const cel_message *m, const char *status, json_t *result,
+                  const char *traceback)
+{
+    if (!w->be)
+        return;
+    cel_result_rec rec = {
+        .task_id = m->id,
+        .status = status,
+        .result = result,
+        .traceback = traceback,
+        .group_id = m->group,
+        .parent_id = m->parent_id,
+        .reply_to = m->reply_to,
+        .name = m->task,
+        .args = m->args,
+        .kwargs = m->kwargs,
+        .worker = w->cfg->hostname,
+        .retries = m->retries,
+        .queue = m->routing_key,
+    };
+    cel_backend_store(w->be, &rec);
+}
+
+/* Celery's exception dict; steals `args`. */
+static json_t *exc_dict(const char *module, const char *type, json_t *args)
+{
+    return json_pack("{s:s, s:o, s:s}", "exc_type", type, "exc_message", args, "exc_module",
+                     module);
+}
+
+static const char *signame(int sig)
+{
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGKILL: return "SIGKILL";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGQUIT: return "SIGQUIT";
+    case SIGHUP: return "SIGHUP";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    default: return NULL;
+    }
+}
+
+static void publish_retry(worker *w, request *r, double countdown)
+{
+    const cel_message *m = &r->msg;
+    cel_message_spec s = {
+        .task = m->task,
+        .id = m->id,
+        .root_id = m->root_id ? m->root_id : m->id,
+        .parent_id = m->id,
+        .group = m->group,
+        .group_index = m->group_index,
+        .origin = w->cfg->hostname,
+        .reply_to = m->reply_to,
+        .queue = m->routing_key && *m->routing_key ? m->routing_key : w->cfg->queues[0],
+        .args = m->args,
+        .kwargs = m->kwargs,
+        .embed = m->embed,
+        .retries = m->retries + 1,
+        .priority = m->priority,
+        .eta = cel_now() + (countdown > 0 ? countdown : 0),
+        .expires = m->has_expires ? m->expires : 0,
+        .time_limit = m->time_limit > 0 ? m->time_limit : 0,
+        .soft_time_limit = m->soft_time_limit > 0 ? m->soft_time_limit : 0,
+        .ignore_result = m->ignore_result,
+    };
+    char *env = cel_message_build_redis(&s, NULL);
+    if (!env || w->tr->ops->publish(w->tr, s.queue, s.priority, env, strlen(env)) < 0)
+        cel_error("Task %s[%s] could not be re-published for retry", m->task, m->id);
+    free(env);
+}
+
+static void finish(worker *w, request *r, json_t *outcome)
+{
+    const cel_message *m = &r->msg;
+    const char *status = json_string_value(json_object_get(outcome, "status"));
+    double runtime = cel_monotonic() - r->time_start;
+    w->processed++;
+    if (status && strcmp(status, "SUCCESS") == 0) {
+        json_t *res = json_object_get(outcome, "result");
+        if (cel_log_get_level() <= CEL_LOG_INFO) {
+            char *txt = json_dumps(res, JSON_ENCODE_ANY | JSON_COMPACT);
+            size_t tl = txt ? strlen(txt) : 0;
+            cel_info("Task %s[%s] succeeded in %.6fs: %.*s%s", m->task, m->id, runtime,
+                     tl > 200 ? 200 : (int)tl, txt ? txt : "", tl > 200 ? "..." : "");
+            free(txt);
+        }
+        if (!r->ignore_result)
+            store(w, m, "SUCCESS", res, NULL);
+    } else if (status && strcmp(status, "RETRY") == 0) {
+        double countdown = json_number_value(json_object_get(outcome, "countdown"));
+        int max = r->def && r->def->opts.max_retries != -1 ? r->def->opts.max_retries : 3;
+        if (countdown < 0)
+            countdown = r->def && r->def->opts.default_retry_delay > 0
+                            ? r->def->opts.default_retry_delay
+                            : 180;
+        if (max >= 0 && m->retries >= max) {
+            json_t *a = json_array();
+            char *msg = NULL;
+            if (asprintf(&msg, "Can't retry %s[%s] args:%s kwargs:%s", m->task, m->id,
+                         m->argsrepr ? m->argsrepr : "()",
+                         m->kwargsrepr ? m->kwargsrepr : "{}") >= 0) {
+                json_array_append_new(a, json_string(msg));
+                free(msg);
+            }
+            json_t *exc = exc_dict("celery.exceptions", "MaxRetriesExceededError", a);
+            a = NULL;
+            cel_error("Task %s[%s] raised unexpected: MaxRetriesExceededError", m->task, m->id);
+            store(w, m, "FAILURE", exc, "Traceback (most recent call last):\n"
+                                        "celery.exceptions.MaxRetriesExceededError\n");
+            json_decref(exc);
+            json_decref(a);
+        } else {
+            char msg[64];
+            snprintf(msg, sizeof msg, "Retry in %gs", countdown);
+            json_t *a = json_pack("[s]", msg);
+            json_t *exc = exc_dict("celery.exceptions", "Retry", a);
+            a = NULL;
+            publish_retry(w, r, countdown);
+            store(w, m, "RETRY", exc, NULL);
+            cel_info("Task %s[%s] retry: %s", m->task, m->id, msg);
+            json_decref(exc);
+            json_decref(a);
+        }
+    } else {
+        const char *type = json_string_value(json_object_get(outcome, "exc_type"));
+        const char *module = json_string_value(json_object_get(outcome, "exc_module"));
+        json_t *args = json_object_get(outcome, "exc_message");
+        const char *tb = json_string_value(json_object_get(outcome, "traceback"));
+        if (!type)
+            type = "Exception";
+        if (!module)
+            module = "builtins";
+        if (!json_is_array(args))
+            args = NULL;
+        json_t *exc = exc_dict(module, type, args ? json_incref(args) : json_array());
+        char *a = json_dumps(json_object_get(exc, "exc_message"), JSON_COMPACT);
+        cel_error("Task %s[%s] raised unexpected: %s(%s)", m->task, m->id, type, a ? a : "");
+        free(a);
+        /* Celery's store_errors_even_if_ignored defaults to False, so an
+         * ignored result stays ignored on failure too. */
+        if (!r->ignore_result)
+            store(w, m, "FAILURE", exc, tb);
+        json_decref(exc);
+    }
+    ack(w, r); /* acks_late: after the outcome; otherwise already acked */
+    drop_req(w, r);
+}
+
+/* ---- pool callbacks --------------------------------------------------- */
+
+static void pool_on_started(void *ud, uint64_t job, pid_t pid)
+{
+    worker *w = ud;
+    request *r = find_req(w, job, NULL);
+    if (!r)
+        return;
+    r->state = REQ_RUNNING;
+    r->time_start = cel_monotonic();
+    if (!r->acks_late)
+        ack(w, r);
+    if (r->track_started) {
+        json_t *meta = json_pack("{s:i, s:s}", "pid", (int)pid, "hostname", w->cfg->hostname);
+        store(w, &r->msg, "STARTED", meta, NULL);
+        json_decref(meta);
+    }
+}
+
+static void pool_on_outcome(void *ud, uint64_t job, json_t *outcome)
+{
+    worker *w = ud;
+    request *r = find_req(w, job, NULL);
+    if (r)
+        finish(w, r, outcome);
+}
+
+static void pool_on_state(void *ud, uint64_t job, const char *state, json_t *meta)
+{
+    worker *w = ud;
+    request *r = find_req(w, job, NULL);
+    if (r && !r->ignore_result)
+        store(w, &r->msg, state, meta, NULL);
+}
+
+static void pool_on_lost(void *ud, uint64_t job, int status)
+{
+    worker *w = ud;
+    request *r = find_req(w, job, NULL);
+    if (!r)
+        return;
+    char human[96];
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        const char *name = signame(sig);
+        if (name)
+            snprintf(human, sizeof human, "signal %d (%s)", sig, name);
+        else
+            snprintf(human, sizeof human, "signal %d", sig);
+    } else {
+        snprintf(human, sizeof human, "exitcode %d", WEXITSTATUS(status));
+    }
+    char msg[192];
+    snprintf(msg, sizeof msg, "Worker exited prematurely: %s Job: %llu.", human,
+             (unsigned long long)job);
+    cel_error("Process for task %s[%s] died: %s", r->msg.task, r->msg.id, msg);
+    char *tb = NULL;
+    if (asprintf(&tb, "Traceback (most recent call last):\n  File \"billiard/pool.py\", in "
+                      "mark_as_worker_lost\nbilliard.exceptions.WorkerLostError: %s\n",
+                 msg) < 0)
+        tb = NULL;
+    json_t *o = cel_exec_failure("billiard.exceptions", "WorkerLostError",
+                                 json_pack("[s]", msg), tb);
+    free(tb);
+    finish(w, r, o);
+    json_decref(o);
+}
+
+/* ---- receiving -------------------------------------------------------- */
+
+static void receive(worker *w, cel_delivery *d)
+{
+    request *r = calloc(1, sizeof *r);
+    if (!r) {
+        cel_delivery_free(d);
+        return;
+    }
+    r->d = *d;
+    memset(d, 0, sizeof *d);
+    char err[256] = "";
+    cel_msg_status st = cel_message_parse_redis(r->d.raw, r->d.len, &r->msg, err, sizeof err);
+    cel_message *m = &r->msg;
+    switch (st) {
+    case CEL_MSG_OK:
+        break;
+    case CEL_MSG_BAD_ENVELOPE:
+        cel_error("Dropped a malformed message from queue %s (not a kombu envelope): %s",
+                  r->d.queue, err);
+        goto drop;
+    case CEL_MSG_NO_TASK:
+        cel_warn("Received and deleted unknown message. Wrong destination?!? (%s)", err);
+        goto drop_ack;
+    case CEL_MSG_INVALID:
+        cel_error("Received invalid task message: %s. The message has been rejected.", err);
+        goto drop_ack;
+    case CEL_MSG_DISALLOWED:
+        cel_error("Refusing to deserialize untrusted content of type %s (task %s[%s]); "
+                  "the message has been rejected",
+                  m->content_type, m->task ? m->task : "?", m->id ? m->id : "?");
+        goto drop_ack;
+    case CEL_MSG_DECODE_ERROR:
+        cel_crit("Can't decode message body: %s (type:%s encoding:%s) task %s[%s]; "
+                 "the message has been discarded",
+                 err, m->content_type, m->content_encoding ? m->content_encoding : "?",
+                 m->task ? m->task : "?", m->id ? m->id : "?");
+        goto drop_ack;
+    }
+    r->def = cel_registry_find(w->reg, m->task);
+    if (!r->def) {
+        cel_error("Received unregistered task of type '%s'.\nThe message has been ignored and "
+                  "discarded.\n\nDid you remember to load the task module (-A)?",
+                  m->task);
+        json_t *exc = exc_dict("celery.exceptions", "NotRegistered", json_pack("[s]", m->task));
+        /* Celery stores no group/parent for this path (request is a Bunch). */
+        if (w->be) {
+            cel_result_rec rec = {.task_id = m->id, .status = "FAILURE", .result = exc,
+                                  .reply_to = m->reply_to, .name = m->task,
+                                  .args = m->args, .kwargs = m->kwargs,
+                                  .worker = w->cfg->hostname, .retries = m->retries,
+                                  .queue = m->routing_key};
+            cel_backend_store(w->be, &rec);
+        }
+        json_decref(exc);
+        goto drop_ack;
+    }
+    const cel_task_options *o = &r->def->opts;
+    r->acks_late = o->acks_late >= 0 ? o->acks_late : w->cfg->task_acks_late;
+    r->track_started = o->track_started >= 0 ? o->track_started : w->cfg->task_track_started;
+    r->ignore_result = m->ignore_result ||
+                       (o->ignore_result >= 0 ? o->ignore_result : w->cfg->task_ignore_result);
+    r->job = ++w->next_job;
+    r->state = REQ_RESERVED;
+    if (m->has_expires && m->expires <= cel_now()) {
+        cel_info("Discarding revoked task: %s[%s] (expired)", m->task, m->id);
+        json_t *exc = exc_dict("celery.exceptions", "TaskRevokedError", json_pack("[s]", "expired"));
+        if (!r->ignore_result)
+            store(w, m, "REVOKED", exc, NULL);
+        json_decref(exc);
+        goto drop_ack;
+    }
+    cel_info("Task %s[%s] received", m->task, m->id);
+    if (add_req(w, r) == 0)
+        return;
+    cel_error("out of memory holding task %s[%s]; it will be redelivered", m->task, m->id);
+    goto drop;
+drop_ack:
+    if (m->delivery_tag)
+        w->tr->ops->ack(w->tr, m->delivery_tag);
+drop:
+    cel_message_clear(&r->msg);
+    cel_delivery_free(&r->d);
+    free(r);
+}
+
+/* ---- dispatch --------------------------------------------------------- */
+
+/* Hands due requests to idle processes; returns seconds until the next ETA
+ * (or a large number). */
+static double dispatch(worker *w)
+{
+    double now = cel_now(), next = 3600;
+    for (size_t i = 0; i < w->nreqs && cel_pool_idle(w->pool) > 0;) {
+        request *r = w->reqs[i];
+        if (r->state != REQ_RESERVED) {
+            i++;
+            continue;
+        }
+        if (r->msg.has_eta && r->msg.eta > now) {
+            if (r->msg.eta - now < next)
+                next = r->msg.eta - now;
+            i++;
+            continue;
+        }
+        if (r->msg.has_expires && r->msg.expires <= now) {
+            json_t *exc = exc_dict("celery.exceptions", "TaskRevokedError",
+                                   json_pack("[s]", "expired"));
+                cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
+            if (!r->ignore_result)
+                store(w, &r->msg, "REVOKED", exc, NULL);
+            json_decref(exc);
+            ack(w, r);
+            drop_req(w, r);
+            continue;
+        }
+        json_t *req = cel_exec_request_new(&r->msg, w->cfg->hostname);
+        uint64_t job = r->job;
+        size_t before = w->nreqs;
+        if (cel_pool_submit(w->pool, job, req) < 0) {
+            json_decref(req);
+            break;
+        }
+        json_decref(req);
+        /* Solo pool: the request finished and is gone already. */
+        if (w->nreqs < before)
+            continue;
+        i++;
+    }
+    return next;
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+static void handle_signals(worker *w)
+{
+    unsigned char buf[64];
+    ssize_t n;
+    while ((n = read(w->sigpipe[0], buf, sizeof buf)) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            switch (buf[i]) {
+            case SIGCHLD:
+                cel_pool_reap(w->pool);
+                break;
+            case SIGTERM:
+                if (w->stop == RUNNING) {
+                    cel_warn("worker: Warm shutdown (MainProcess)");
+                    w->stop = WARM;
+                }
+                break;
+            case SIGINT:
+                if (++w->sigint_count >= 2 || w->stop != RUNNING) {
+                    cel_warn("worker: Cold shutdown (MainProcess)");
+                    w->stop = COLD;
+                } else {
+                    cel_warn("worker: Hitting Ctrl+C again will terminate all running tasks!");
+                    cel_warn("worker: Warm shutdown (MainProcess)");
+                    w->stop = WARM;
+                }
+                break;
+            case SIGQUIT:
+                cel_warn("worker: Cold shutdown (MainProcess)");
+                w->stop = COLD;
+                break;
+            }
+        }
+    }
+}
+
+static void restore_reserved(worker *w, bool include_running)
+{
+    int n = 0;
+    for (size_t i = 0; i < w->nreqs;) {
+        request *r = w->reqs[i];
+        if (r->acked || (r->state == REQ_RUNNING && !include_running) || !r->msg.delivery_tag) {
+            i++;
+            continue;
+        }
+        if (w->tr->ops->restore(w->tr, r->msg.delivery_tag, r->d.raw, r->d.len) == 0)
+            n++;
+        drop_req(w, r);
+    }
+    if (n)
+        cel_info("Restoring %d unacknowledged message(s)", n);
+}
+
+static void flush_all(worker *w)
+{
+    if (w->be)
+        cel_backend_flush(w->be);
+    w->tr->ops->flush(w->tr);
+}
+
+static int connect_broker(worker *w)
+{
+    char err[512];
+    int max = w->cfg->broker_connection_max_retries;
+    for (int attempt = 0;; attempt++) {
+        w->tr = cel_transport_open(w->cfg, true, err, sizeof err);
+        if (w->tr)
+            return 0;
+        if (!w->cfg->broker_connection_retry || (max > 0 && attempt >= max)) {
+            cel_crit("Cannot connect to broker: %s", err);
+            return -1;
+        }
+        double delay = attempt < 16 ? 2.0 * attempt : 32.0;
+        if (delay > 32)
+            delay = 32;
+        if (delay == 0)
+            delay = 0.1;
+        cel_error("consumer: Cannot connect to broker: %s.\nTrying again in %.2f seconds... "
+                  "(%d/%d)",
+                  err, delay, attempt + 1, max);
+        /* Sleep, but let TERM/INT/QUIT end the wait. */
+        struct pollfd p = {.fd = w->sigpipe[0], .events = POLLIN};
+        if (poll(&p, 1, (int)(delay * 1000)) > 0) {
+            handle_signals(w);
+            if (w->stop != RUNNING)
+                return -1;
+        }
+    }
+}
+
+int cel_worker_main(cel_config *cfg)
+{
+    worker W = {.cfg = cfg};
+    worker *w = &W;
+    char err[512];
+    int rc = 1;
+
+    if (pipe2(w->sigpipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        cel_crit("pipe: %s", strerror(errno));
+        return 1;
+    }
+    g_sigpipe_w = w->sigpipe[1];
+    g_worker_for_signals = w;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGQUIT, &sa, NULL);
+    sigaction(SIGCHLD, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    w->reg = cel_registry_new();
+    for (size_t i = 0; cfg->apps && cfg->apps[i]; i++) {
+        if (cel_registry_load(w->reg, cfg->apps[i], err, sizeof err) < 0) {
+            cel_crit("%s", err);
+            rc = CEL_EX_USAGE;
+            goto out;
+        }
+    }
+    if (cel_registry_count(w->reg) == 0)
+        cel_warn("No task module loaded (-A): every task will be NotRegistered");
+
+    if (connect_broker(w) < 0) {
+        rc = w->stop != RUNNING ? 0 : CEL_EX_USAGE;
+        goto out;
+    }
+    if (cfg->result_backend && *cfg->result_backend) {
+        w->be = cel_backend_open(cfg->result_backend, cfg, err, sizeof err);
+        if (!w->be) {
+            cel_crit("Cannot open result backend: %s", err);
+            rc = CEL_EX_USAGE;
+            goto out;
+        }
+    }
+    cel_pool_events ev = {pool_on_outcome, pool_on_state, pool_on_lost, pool_on_started};
+    int procs = cfg->pool == CEL_POOL_SOLO ? 0 : cfg->concurrency;
+    w->pool = cel_pool_start(procs, w->reg, &ev, w, err, sizeof err);
+    if (!w->pool) {
+        cel_crit("%s", err);
+        goto out;
+    }
+    int conc = procs ? procs : 1;
+    w->prefetch = cfg->prefetch_multiplier > 0 ? conc * cfg->prefetch_multiplier
+                                               : UNLIMITED_PREFETCH;
+
+    /* kombu restores stale unacked messages before the first fetch. */
+    w->tr->ops->restore_visible(w->tr);
+    w->next_restore = cel_monotonic() + cfg->worker_restore_interval;
+
+    {
+        char qs[256] = "";
+        for (size_t i = 0; cfg->queues[i]; i++) {
+            if (i)
+                strncat(qs, ",", sizeof qs - strlen(qs) - 1);
+            strncat(qs, cfg->queues[i], sizeof qs - strlen(qs) - 1);
+        }
+        cel_info("Connected to broker; consuming from %s with %d %s process(es), prefetch %d",
+                 qs, conc, procs ? "prefork" : "solo", w->prefetch);
+        cel_info("%s ready.", cfg->hostname);
+    }
+
+    struct pollfd fds[MAX_POLLFDS];
+    while (w->stop != COLD) {
+        handle_signals(w);
+        if (w->stop == COLD)
+            break;
+        bool more = false;
+        if (w->stop == RUNNING && !w->tr->ops->waiting(w->tr)) {
+            int room = w->prefetch - (int)w->nreqs;
+            if (room > 0) {
+                cel_delivery ds[FETCH_BATCH];
+                int want = room < FETCH_BATCH ? room : FETCH_BATCH;
+                int n = w->tr->ops->fetch(w->tr, want, ds);
+                for (int i = 0; i < n; i++)
+                    receive(w, &ds[i]);
+                if (n == want)
+                    more = true; /* the queue may hold more: don't sleep */
+                else if (n == 0)
+                    w->tr->ops->wait_start(w->tr, 1.0);
+                else if (n < 0)
+                    more = false;
+            }
+        }
+        double next_eta = dispatch(w);
+        flush_all(w);
+
+        if (w->stop == WARM) {
+            restore_reserved(w, false);
+            if (!w->tr->ops->waiting(w->tr) && cel_pool_busy(w->pool) == 0 && w->nreqs == 0)
+                break;
+        }
+
+        int nf = 0;
+        fds[nf++] = (struct pollfd){.fd = w->sigpipe[0], .events = POLLIN};
+        int waitfd = -1;
+        if (w->tr->ops->waiting(w->tr)) {
+            waitfd = nf;
+            fds[nf++] = (struct pollfd){.fd = w->tr->ops->wait_fd(w->tr), .events = POLLIN};
+        }
+        int poolfd0 = nf;
+        nf += cel_pool_pollfds(w->pool, fds + nf, MAX_POLLFDS - nf);
+
+        double now = cel_monotonic();
+        double timeout = more ? 0 : 1.0;
+        if (next_eta < timeout)
+            timeout = next_eta;
+        if (w->next_restore - now < timeout)
+            timeout = w->next_restore - now;
+        if (timeout < 0)
+            timeout = 0;
+        int pr = poll(fds, (nfds_t)nf, (int)(timeout * 1000 + 0.999));
+        if (pr < 0 && errno != EINTR) {
+            cel_crit("poll: %s", strerror(errno));
+            break;
+        }
+        if (pr > 0) {
+            if (fds[0].revents)
+                handle_signals(w);
+            if (waitfd >= 0 && fds[waitfd].revents) {
+                cel_delivery d = {0};
+                if (w->tr->ops->wait_ready(w->tr, &d) == 1)
+                    receive(w, &d);
+            }
+            cel_pool_handle(w->pool, fds + poolfd0, nf - poolfd0);
+        }
+        if (cel_monotonic() >= w->next_restore) {
+            if (w->stop == RUNNING)
+                w->tr->ops->restore_visible(w->tr);
+            w->next_restore = cel_monotonic() + cfg->worker_restore_interval;
+        }
+    }
+
+    if (w->stop == COLD) {
+        /* Cold: running tasks are killed; what was not acked goes back. */
+        cel_pool_stop(w->pool, true);
+        w->pool = NULL;
+        flush_all(w);
+        restore_reserved(w, true);
+    } else {
+        cel_pool_stop(w->pool, false);
+        w->pool = NULL;
+        flush_all(w);
+    }
+    /* A BRPOP still in flight may deliver one more message: put it back. */
+    while (w->tr->ops->waiting(w->tr)) {
+        cel_delivery d = {0};
+        struct pollfd p = {.fd = w->tr->ops->wait_fd(w->tr), .events = POLLIN};
+        if (poll(&p, 1, 3000) <= 0)
+            break;
+        if (w->tr->ops->wait_ready(w->tr, &d) == 1) {
+            cel_message m = {0};
+            char e2[64];
+            cel_message_parse_redis(d.raw, d.len, &m, e2, sizeof e2);
+            if (m.delivery_tag)
+                w->tr->ops->restore(w->tr, m.delivery_tag, d.raw, d.len);
+            cel_message_clear(&m);
+            cel_delivery_free(&d);
+        }
+    }
+    rc = 0;
+    cel_info("Worker %s stopped (%lu task(s) processed)", cfg->hostname, w->processed);
+out:
+    if (w->pool)
+        cel_pool_stop(w->pool, true);
+    while (w->nreqs)
+        drop_req(w, w->reqs[0]);
+    free(w->reqs);
+    cel_backend_close(w->be);
+    if (w->tr)
+        w->tr->ops->close(w->tr);
+    cel_registry_free(w->reg);
+    g_sigpipe_w = -1;
+    close(w->sigpipe[0]);
+    close(w->sigpipe[1]);
+    return rc;
+}
