@@ -8,6 +8,7 @@
  */
 #include "backend/backend.h"
 #include "core/log.h"
+#include "core/message.h"
 #include "core/rconn.h"
 
 #include <stdio.h>
@@ -60,7 +61,7 @@ static int rb_store(cel_backend *base, const cel_result_rec *r)
 {
     redis_backend *b = (redis_backend *)base;
     json_t *m = cel_result_meta(r, base->extended, false);
-    char *text = json_dumps(m, JSON_ENSURE_ASCII | JSON_ALLOW_NUL);
+    char *text = cel_json_dumps_py(m, NULL);
     json_decref(m);
     char *key = NULL;
     if (!text || asprintf(&key, "celery-task-meta-%s", r->task_id) < 0) {

@@ -523,7 +523,7 @@ static int rt_reject(cel_transport *base, const char *tag, bool requeue)
         if (r && r->type == REDIS_REPLY_STRING) {
             json_error_t jerr;
             json_t *v = json_loadb(r->str, r->len, JSON_ALLOW_NUL, &jerr);
-            char *env = json_dumps(json_array_get(v, 0), JSON_ENSURE_ASCII | JSON_ALLOW_NUL);
+            char *env = cel_json_dumps_py(json_array_get(v, 0), NULL);
             if (env)
                 restore_one(t, tag, env, strlen(env), NULL, true);
             free(env);
@@ -562,8 +562,7 @@ static int rt_restore_visible(cel_transport *base)
             if (v && v->type == REDIS_REPLY_STRING) {
                 json_error_t jerr;
                 json_t *arr = json_loadb(v->str, v->len, JSON_ALLOW_NUL, &jerr);
-                char *env = json_is_array(arr) ? json_dumps(json_array_get(arr, 0),
-                                                            JSON_ENSURE_ASCII | JSON_ALLOW_NUL)
+                char *env = json_is_array(arr) ? cel_json_dumps_py(json_array_get(arr, 0), NULL)
                                                : NULL;
                 if (env && restore_one(t, tag->str, env, strlen(env), v->str, false) == 0)
                     restored++;

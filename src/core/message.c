@@ -85,7 +85,7 @@ static size_t utf8_next(const unsigned char *s, size_t len, uint32_t *cp)
 }
 
 /* Python's float.__repr__ (shortest round-trip digits, exponent form when
- * the decimal exponent is < -4 or >= 16).  `nan_inf` selects the spelling
+ * the decimal exponent is < -4 or >= 16).  `json_spelling` selects the spelling
  * for non-finite values: json ("NaN"/"Infinity") or repr ("nan"/"inf"). */
 static void py_float_repr(double d, bool json_spelling, char *out, size_t outlen)
 {
@@ -630,6 +630,10 @@ cel_msg_status cel_message_parse_redis(const char *data, size_t len, cel_message
     json_t *h = json_object_get(env, "headers");
     json_t *p = json_object_get(env, "properties");
     if (!json_is_object(env) || !json_is_object(h) || !json_is_object(p)) {
+        /* Keep the tag when there is one, so the caller can ack what the
+         * fetch recorded in `unacked` instead of leaving it to be restored
+         * (and refused) forever. */
+        m->delivery_tag = opt_str(p, "delivery_tag");
         set_err(err, errlen, "envelope lacks object headers/properties");
         return CEL_MSG_BAD_ENVELOPE;
     }

@@ -81,7 +81,7 @@ static int read_all(int fd, void *data, size_t len)
 
 static int send_frame(int fd, json_t *obj)
 {
-    char *text = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY | JSON_ALLOW_NUL);
+    char *text = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY);
     if (!text)
         return -1;
     uint32_t n = (uint32_t)strlen(text);
@@ -262,7 +262,7 @@ int cel_pool_submit(cel_pool *p, uint64_t job, json_t *request)
     if (!k)
         return -1;
     json_t *f = json_pack("{s:I, s:O}", "job", (json_int_t)job, "request", request);
-    char *text = f ? json_dumps(f, JSON_COMPACT | JSON_ALLOW_NUL) : NULL;
+    char *text = f ? json_dumps(f, JSON_COMPACT) : NULL;
     json_decref(f);
     if (!text)
         return -1;

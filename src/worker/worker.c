@@ -223,7 +223,7 @@ static void finish(worker *w, request *r, json_t *outcome)
     if (status && strcmp(status, "SUCCESS") == 0) {
         json_t *res = json_object_get(outcome, "result");
         if (cel_log_get_level() <= CEL_LOG_INFO) {
-            char *txt = json_dumps(res, JSON_ENCODE_ANY | JSON_COMPACT);
+            char *txt = cel_pyrepr(res);
             size_t tl = txt ? strlen(txt) : 0;
             cel_info("Task %s[%s] succeeded in %.6fs: %.*s%s", m->task, m->id, runtime,
                      tl > 200 ? 200 : (int)tl, txt ? txt : "", tl > 200 ? "..." : "");
@@ -278,8 +278,11 @@ static void finish(worker *w, request *r, json_t *outcome)
         if (!json_is_array(args))
             args = NULL;
         json_t *exc = exc_dict(module, type, args ? json_incref(args) : json_array());
-        char *a = json_dumps(json_object_get(exc, "exc_message"), JSON_COMPACT);
-        cel_error("Task %s[%s] raised unexpected: %s(%s)", m->task, m->id, type, a ? a : "");
+        json_t *ea = json_object_get(exc, "exc_message");
+        char *a = json_array_size(ea) == 1 ? cel_pyrepr(json_array_get(ea, 0)) : cel_pyrepr_args(ea);
+        bool one = json_array_size(ea) == 1;
+        cel_error("Task %s[%s] raised unexpected: %s%s%s%s", m->task, m->id, type, one ? "(" : "",
+                  a ? a : "()", one ? ")" : "");
         free(a);
         /* Celery's store_errors_even_if_ignored defaults to False, so an
          * ignored result stays ignored on failure too. */
@@ -379,7 +382,7 @@ static void receive(worker *w, cel_delivery *d)
     case CEL_MSG_BAD_ENVELOPE:
         cel_error("Dropped a malformed message from queue %s (not a kombu envelope): %s",
                   r->d.queue, err);
-        goto drop;
+        goto drop_ack;
     case CEL_MSG_NO_TASK:
         cel_warn("Received and deleted unknown message. Wrong destination?!? (%s)", err);
         goto drop_ack;
@@ -564,11 +567,11 @@ static int connect_broker(worker *w)
             cel_crit("Cannot connect to broker: %s", err);
             return -1;
         }
-        double delay = attempt < 16 ? 2.0 * attempt : 32.0;
-        if (delay > 32)
-            delay = 32;
-        if (delay == 0)
-            delay = 0.1;
+        /* kombu's ensure_connection: 2 s, then 2 s more per attempt, at
+         * most 30 s. */
+        double delay = 2.0 + 2.0 * attempt;
+        if (delay > 30)
+            delay = 30;
         cel_error("consumer: Cannot connect to broker: %s.\nTrying again in %.2f seconds... "
                   "(%d/%d)",
                   err, delay, attempt + 1, max);
