@@ -134,6 +134,7 @@ static int reconnect_cmd(redis_transport *t)
 {
     if (t->cmd && !t->cmd->err)
         return 0;
+    bool was_connected = t->cmd != NULL;
     if (t->cmd)
         redisFree(t->cmd);
     char err[256];
@@ -143,9 +144,13 @@ static int reconnect_cmd(redis_transport *t)
         return -1;
     }
     t->fetch.sha[0] = t->restore.sha[0] = t->unlock.sha[0] = 0;
-    cel_info("broker: reconnected");
+    if (was_connected)
+        cel_info("broker: reconnected");
     return 0;
 }
+
+static int append_acks(redis_transport *t);
+static int read_acks(redis_transport *t, int replies);
 
 static int parse_fetch_reply(redisReply *r, cel_delivery *out, int max)
 {
@@ -211,9 +216,23 @@ static int run_fetch(redis_transport *t, int max, cel_delivery *out, const char 
     }
     if (reconnect_cmd(t) < 0)
         goto done;
-    redisReply *r = cel_rscript_call(t->cmd, &t->fetch, k, argc, argv, lens);
+    /* Queued acks travel in the same round trip as the fetch. */
+    if (!t->fetch.sha[0] && cel_rscript_load(t->cmd, &t->fetch) < 0)
+        goto done;
+    int ackreplies = append_acks(t);
+    redisReply *r = NULL;
+    if (cel_rscript_append(t->cmd, &t->fetch, k, argc, argv, lens) == 0 &&
+        read_acks(t, ackreplies) == 0 && redisGetReply(t->cmd, (void **)&r) == REDIS_OK &&
+        r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+        freeReplyObject(r);
+        t->fetch.sha[0] = 0;
+        r = cel_rscript_call(t->cmd, &t->fetch, k, argc, argv, lens);
+    }
     if (!r) {
-        cel_error("broker: fetch failed: %s", t->cmd->errstr);
+        /* The pipeline is out of step now: start over on a new connection. */
+        cel_error("broker: fetch failed: %s", t->cmd->err ? t->cmd->errstr : "pipeline error");
+        redisFree(t->cmd);
+        t->cmd = NULL;
         goto done;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -379,37 +398,39 @@ static int rt_ack(cel_transport *base, const char *tag)
     return 0;
 }
 
-static int rt_flush(cel_transport *base)
+/* Appends kombu's ack — ZREM unacked_index + HDEL unacked, batched in one
+ * MULTI — for every queued tag.  Returns the number of replies to read. */
+static int append_acks(redis_transport *t)
 {
-    redis_transport *t = (redis_transport *)base;
-    if (!t->nacks)
-        return 0;
-    int rc = -1;
     size_t n = t->nacks;
-    if (reconnect_cmd(t) < 0)
-        goto done;
-    /* kombu's ack: ZREM unacked_index + HDEL unacked, batched. */
+    if (!n)
+        return 0;
     const char **za = malloc((n + 2) * sizeof *za);
     const char **ha = malloc((n + 2) * sizeof *ha);
-    if (!za || !ha) {
-        free(za);
-        free(ha);
-        goto done;
+    int rc = -1;
+    if (za && ha) {
+        za[0] = "ZREM";
+        za[1] = "unacked_index";
+        ha[0] = "HDEL";
+        ha[1] = "unacked";
+        for (size_t i = 0; i < n; i++)
+            za[i + 2] = ha[i + 2] = t->acks[i];
+        redisAppendCommand(t->cmd, "MULTI");
+        redisAppendCommandArgv(t->cmd, (int)n + 2, za, NULL);
+        redisAppendCommandArgv(t->cmd, (int)n + 2, ha, NULL);
+        redisAppendCommand(t->cmd, "EXEC");
+        rc = 4;
     }
-    za[0] = "ZREM";
-    za[1] = "unacked_index";
-    ha[0] = "HDEL";
-    ha[1] = "unacked";
-    for (size_t i = 0; i < n; i++)
-        za[i + 2] = ha[i + 2] = t->acks[i];
-    redisAppendCommand(t->cmd, "MULTI");
-    redisAppendCommandArgv(t->cmd, (int)n + 2, za, NULL);
-    redisAppendCommandArgv(t->cmd, (int)n + 2, ha, NULL);
-    redisAppendCommand(t->cmd, "EXEC");
     free(za);
     free(ha);
-    rc = 0;
-    for (int i = 0; i < 4; i++) {
+    return rc;
+}
+
+/* Reads the replies of append_acks and forgets the tags. */
+static int read_acks(redis_transport *t, int replies)
+{
+    int rc = replies < 0 ? -1 : 0;
+    for (int i = 0; i < replies; i++) {
         redisReply *r = NULL;
         if (redisGetReply(t->cmd, (void **)&r) != REDIS_OK) {
             rc = -1;
@@ -421,14 +442,23 @@ static int rt_flush(cel_transport *base)
         }
         freeReplyObject(r);
     }
-done:
     if (rc < 0)
         cel_error("broker: %zu ack(s) not sent; the messages will be redelivered after the "
-                  "visibility timeout", n);
-    for (size_t i = 0; i < n; i++)
+                  "visibility timeout", t->nacks);
+    for (size_t i = 0; i < t->nacks; i++)
         free(t->acks[i]);
     t->nacks = 0;
     return rc;
+}
+
+static int rt_flush(cel_transport *base)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (!t->nacks)
+        return 0;
+    if (reconnect_cmd(t) < 0)
+        return read_acks(t, -1);
+    return read_acks(t, append_acks(t));
 }
 
 /* Queues that a message published to (exchange, routing_key) reaches, as

@@ -69,6 +69,8 @@ typedef struct worker {
     int sigint_count;
     double next_restore;
     unsigned long processed;
+    int acks_pending;     /* acks queued since the last broker round trip */
+    int stores_pending;   /* results queued since the last backend flush */
 } worker;
 
 static worker *g_worker_for_signals;
@@ -129,6 +131,7 @@ static void ack(worker *w, request *r)
     if (r->acked || !r->msg.delivery_tag)
         return;
     w->tr->ops->ack(w->tr, r->msg.delivery_tag);
+    w->acks_pending++;
     r->acked = true;
 }
 
@@ -155,6 +158,7 @@ static void store(worker *w, const cel_message *m, const char *status, json_t *r
         .queue = m->routing_key,
     };
     cel_backend_store(w->be, &rec);
+    w->stores_pending++;
 }
 
 /* Celery's exception dict; steals `args`. */
@@ -415,6 +419,7 @@ static void receive(worker *w, cel_delivery *d)
                                   .worker = w->cfg->hostname, .retries = m->retries,
                                   .queue = m->routing_key};
             cel_backend_store(w->be, &rec);
+            w->stores_pending++;
         }
         json_decref(exc);
         goto drop_ack;
@@ -440,8 +445,10 @@ static void receive(worker *w, cel_delivery *d)
     cel_error("out of memory holding task %s[%s]; it will be redelivered", m->task, m->id);
     goto drop;
 drop_ack:
-    if (m->delivery_tag)
+    if (m->delivery_tag) {
         w->tr->ops->ack(w->tr, m->delivery_tag);
+        w->acks_pending++;
+    }
 drop:
     cel_message_clear(&r->msg);
     cel_delivery_free(&r->d);
@@ -662,10 +669,16 @@ int cel_worker_main(cel_config *cfg)
         handle_signals(w);
         if (w->stop == COLD)
             break;
-        bool more = false;
+        /* Results first: an acks_late ack (sent with the fetch below) must
+         * never reach the broker before its result is stored. */
+        if (w->be)
+            cel_backend_flush(w->be);
+        w->stores_pending = 0;
+        bool more = false, fetched = false;
         if (w->stop == RUNNING && !w->tr->ops->waiting(w->tr)) {
             int room = w->prefetch - (int)w->nreqs;
             if (room > 0) {
+                fetched = true;
                 cel_delivery ds[FETCH_BATCH];
                 int want = room < FETCH_BATCH ? room : FETCH_BATCH;
                 int n = w->tr->ops->fetch(w->tr, want, ds);
@@ -679,8 +692,10 @@ int cel_worker_main(cel_config *cfg)
                     more = false;
             }
         }
+        if (!fetched && w->acks_pending)
+            w->tr->ops->flush(w->tr);
+        w->acks_pending = 0;
         double next_eta = dispatch(w);
-        flush_all(w);
 
         if (w->stop == WARM) {
             restore_reserved(w, false);
@@ -699,7 +714,9 @@ int cel_worker_main(cel_config *cfg)
         nf += cel_pool_pollfds(w->pool, fds + nf, MAX_POLLFDS - nf);
 
         double now = cel_monotonic();
-        double timeout = more ? 0 : 1.0;
+        /* Acks and STARTED states from this turn's dispatch ride on the next
+         * turn's round trips; wait at most 2 ms for company. */
+        double timeout = more ? 0 : (w->acks_pending || w->stores_pending) ? 0.002 : 1.0;
         if (next_eta < timeout)
             timeout = next_eta;
         if (w->next_restore - now < timeout)
@@ -720,6 +737,9 @@ int cel_worker_main(cel_config *cfg)
                     receive(w, &d);
             }
             cel_pool_handle(w->pool, fds + poolfd0, nf - poolfd0);
+            /* Keep the pool busy: hand out the next jobs before any broker
+             * or backend round trip. */
+            dispatch(w);
         }
         if (cel_monotonic() >= w->next_restore) {
             if (w->stop == RUNNING)
