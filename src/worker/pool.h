@@ -1,13 +1,21 @@
 /* pool.h — where tasks run: prefork children (default) or the solo pool.
  *
- * Prefork: N children forked after the task modules are loaded.  Each child
- * owns one end of a socketpair; the parent writes a request frame, the child
- * runs the task and writes back state frames and one outcome frame.  A
- * frame is a 4-byte length (host order) followed by JSON text.  The parent
- * never blocks on a child: its sockets are non-blocking with per-child
- * buffers, and it learns of deaths through SIGCHLD + waitpid.  A child that
- * dies while running a job is reported through on_lost with its wait status,
- * and is replaced.
+ * Prefork: N children forked after the task modules are loaded.  Jobs go
+ * into ONE shared SOCK_SEQPACKET socket that every child reads when, and only
+ * when, it is idle: the kernel hands each datagram to exactly one reader, so
+ * a job always goes to a free process (Celery's -Ofair) and a child that
+ * finishes a job finds the next one waiting without a round trip through the
+ * parent.  The parent keeps at most `processes` extra jobs in that socket;
+ * the rest stay in the worker's memory (revocable, restorable).
+ *
+ * Each child reports on its own SOCK_STREAM socket: a `started` frame when it
+ * takes a job (the moment Celery acks an early-ack task) and a `done` frame
+ * with the outcome (length-prefixed JSON).  A request too large for one
+ * datagram travels in a memfd passed with SCM_RIGHTS.
+ *
+ * The parent never blocks on a child: its sockets are non-blocking, and it
+ * learns of deaths through SIGCHLD + waitpid.  A child that dies while
+ * running a job is reported through on_lost and replaced.
  *
  * Solo: cel_pool_submit runs the task in the calling process and reports the
  * outcome before returning.
@@ -31,7 +39,7 @@ typedef struct cel_pool_events {
     void (*on_state)(void *ud, uint64_t job, const char *state, json_t *meta);
     /* The child running `job` died with wait status `status`. */
     void (*on_lost)(void *ud, uint64_t job, int status);
-    /* The job was handed to a process (pid) and is starting. */
+    /* A process (pid) took the job and is starting it. */
     void (*on_started)(void *ud, uint64_t job, pid_t pid);
 } cel_pool_events;
 
@@ -40,9 +48,10 @@ typedef struct cel_pool_events {
 cel_pool *cel_pool_start(int processes, const cel_registry *reg,
                          const cel_pool_events *ev, void *ud, char *err, size_t errlen);
 
-/* Number of processes able to take a job now. */
+/* How many more jobs the pool takes now (idle processes plus the queue
+ * allowance). */
 int cel_pool_idle(const cel_pool *p);
-/* Number of jobs running. */
+/* Jobs handed to the pool and not finished (queued or running). */
 int cel_pool_busy(const cel_pool *p);
 
 /* Hands `request` (borrowed) to an idle process as `job`.  Returns 0, or -1

@@ -41,7 +41,9 @@
 #define MAX_POLLFDS 1024
 #define UNLIMITED_PREFETCH 1000
 
-typedef enum req_state { REQ_RESERVED, REQ_RUNNING } req_state;
+/* RESERVED: held by the worker; SUBMITTED: in the pool's queue; RUNNING: a
+ * process took it. */
+typedef enum req_state { REQ_RESERVED, REQ_SUBMITTED, REQ_RUNNING } req_state;
 
 typedef struct request {
     uint64_t job;
@@ -488,7 +490,9 @@ static double dispatch(worker *w)
         json_t *req = cel_exec_request_new(&r->msg, w->cfg->hostname);
         uint64_t job = r->job;
         size_t before = w->nreqs;
+        r->state = REQ_SUBMITTED;
         if (cel_pool_submit(w->pool, job, req) < 0) {
+            r->state = REQ_RESERVED;
             json_decref(req);
             break;
         }
@@ -543,7 +547,7 @@ static void restore_reserved(worker *w, bool include_running)
     int n = 0;
     for (size_t i = 0; i < w->nreqs;) {
         request *r = w->reqs[i];
-        if (r->acked || (r->state == REQ_RUNNING && !include_running) || !r->msg.delivery_tag) {
+        if (r->acked || (r->state != REQ_RESERVED && !include_running) || !r->msg.delivery_tag) {
             i++;
             continue;
         }
