@@ -36,6 +36,10 @@ typedef struct cel_backend cel_backend;
 typedef struct cel_backend_ops {
     int (*store)(cel_backend *b, const cel_result_rec *r);
     int (*flush)(cel_backend *b);
+    /* flush in two halves, so the worker can overlap the round trip with
+     * the broker's: send() writes the queued batch, recv() waits for it. */
+    int (*send)(cel_backend *b);
+    int (*recv)(cel_backend *b);
     void (*close)(cel_backend *b);
 } cel_backend_ops;
 

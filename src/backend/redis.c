@@ -15,17 +15,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* KEYS: result keys; ARGV[1]: ttl (<= 0: no expiry), ARGV[1 + i]: meta for
+ * KEYS[i].  One call stores a whole batch, in order. */
 static const char STORE_LUA[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if cur then\n"
-    "  local ok, m = pcall(cjson.decode, cur)\n"
-    "  if ok and type(m) == 'table' and m['status'] == 'SUCCESS' then return 0 end\n"
+    "local ttl = tonumber(ARGV[1])\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local meta = ARGV[i + 1]\n"
+    "  local keep = false\n"
+    "  local cur = redis.call('GET', key)\n"
+    "  if cur then\n"
+    "    local ok, m = pcall(cjson.decode, cur)\n"
+    "    keep = ok and type(m) == 'table' and m['status'] == 'SUCCESS'\n"
+    "  end\n"
+    "  if not keep then\n"
+    "    if ttl and ttl > 0 then redis.call('SETEX', key, ttl, meta)\n"
+    "    else redis.call('SET', key, meta) end\n"
+    "    redis.call('PUBLISH', key, meta)\n"
+    "  end\n"
     "end\n"
-    "local ttl = tonumber(ARGV[2])\n"
-    "if ttl and ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[1])\n"
-    "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
-    "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
-    "return 1\n";
+    "return #KEYS\n";
 
 typedef struct pending {
     char *key, *meta;
@@ -38,6 +46,7 @@ typedef struct redis_backend {
     cel_rscript store;
     pending *q;
     size_t n, cap;
+    size_t inflight;    /* q[0..inflight) sent, reply not read yet */
     char ttl[32];
 } redis_backend;
 
@@ -57,9 +66,13 @@ static int ensure_conn(redis_backend *b)
     return 0;
 }
 
+static int rb_recv(cel_backend *base);
+
 static int rb_store(cel_backend *base, const cel_result_rec *r)
 {
     redis_backend *b = (redis_backend *)base;
+    if (b->inflight) /* keep the batch on the wire intact */
+        rb_recv(base);
     json_t *m = cel_result_meta(r, base->extended, false);
     char *text = cel_json_dumps_py(m, NULL);
     json_decref(m);
@@ -83,64 +96,99 @@ static int rb_store(cel_backend *base, const cel_result_rec *r)
     return 0;
 }
 
-static int send_all(redis_backend *b, size_t *failed)
+/* Appends one EVALSHA storing q[0..n) and writes it out. */
+static int append_batch(redis_backend *b)
 {
+    size_t argc = 2 * b->n + 1;
+    const char **argv = malloc(argc * sizeof *argv);
+    if (!argv)
+        return -1;
     for (size_t i = 0; i < b->n; i++) {
-        const char *argv[3] = {b->q[i].key, b->q[i].meta, b->ttl};
-        if (cel_rscript_append(b->c, &b->store, 1, 3, argv, NULL) < 0)
-            return -1;
+        argv[i] = b->q[i].key;
+        argv[b->n + 1 + i] = b->q[i].meta;
     }
-    int noscript = 0;
-    for (size_t i = 0; i < b->n; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(b->c, (void **)&r) != REDIS_OK)
-            return -1;
-        if (r->type == REDIS_REPLY_ERROR) {
-            if (strncmp(r->str, "NOSCRIPT", 8) == 0)
-                noscript = 1;
-            else {
-                cel_error("result backend: storing %s failed: %s", b->q[i].key, r->str);
-                (*failed)++;
-            }
-        }
-        freeReplyObject(r);
-    }
-    return noscript ? 1 : 0;
+    argv[b->n] = b->ttl;
+    int rc = cel_rscript_append(b->c, &b->store, (int)b->n, (int)argc, argv, NULL);
+    free(argv);
+    int done = 0;
+    while (rc == 0 && !done)
+        if (redisBufferWrite(b->c, &done) != REDIS_OK)
+            rc = -1;
+    return rc;
 }
 
-static int rb_flush(cel_backend *base)
+static void drop_queue(redis_backend *b)
 {
-    redis_backend *b = (redis_backend *)base;
-    if (!b->n)
-        return 0;
-    int rc = -1;
-    for (int attempt = 0; attempt < 3 && rc != 0; attempt++) {
-        if (ensure_conn(b) < 0)
-            continue;
-        if (!b->store.sha[0] && cel_rscript_load(b->c, &b->store) < 0) {
-            redisFree(b->c);
-            b->c = NULL;
-            continue;
-        }
-        size_t failed = 0;
-        rc = send_all(b, &failed);
-        if (rc == 1) { /* server restarted and lost the script: reload, resend */
-            b->store.sha[0] = 0;
-            rc = -1;
-        } else if (rc < 0) {
-            cel_warn("result backend: connection lost, reconnecting");
-            redisFree(b->c);
-            b->c = NULL;
-        }
-    }
-    if (rc != 0)
-        cel_error("result backend: %zu result(s) could not be stored", b->n);
     for (size_t i = 0; i < b->n; i++) {
         free(b->q[i].key);
         free(b->q[i].meta);
     }
-    b->n = 0;
+    b->n = b->inflight = 0;
+}
+
+/* Reads the batch's reply: 0 stored, 1 NOSCRIPT, -1 connection error. */
+static int read_batch(redis_backend *b)
+{
+    redisReply *r = NULL;
+    if (redisGetReply(b->c, (void **)&r) != REDIS_OK)
+        return -1;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (strncmp(r->str, "NOSCRIPT", 8) == 0) {
+            rc = 1;
+        } else {
+            cel_error("result backend: storing %zu result(s) failed: %s", b->n, r->str);
+            rc = 0; /* a server-side refusal; retrying would not help */
+        }
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static int rb_send(cel_backend *base)
+{
+    redis_backend *b = (redis_backend *)base;
+    if (!b->n || b->inflight)
+        return 0;
+    if (ensure_conn(b) < 0 || (!b->store.sha[0] && cel_rscript_load(b->c, &b->store) < 0) ||
+        append_batch(b) < 0)
+        return -1; /* rb_recv retries synchronously */
+    b->inflight = b->n;
+    return 0;
+}
+
+static int rb_recv(cel_backend *base)
+{
+    redis_backend *b = (redis_backend *)base;
+    if (!b->n)
+        return 0;
+    int rc = b->inflight ? read_batch(b) : -1;
+    /* Slow path: reconnect, reload the script, resend the batch. */
+    for (int attempt = 0; attempt < 3 && rc != 0; attempt++) {
+        if (rc == 1) {
+            b->store.sha[0] = 0;
+        } else if (b->c) {
+            cel_warn("result backend: connection lost, reconnecting");
+            redisFree(b->c);
+            b->c = NULL;
+        }
+        if (ensure_conn(b) < 0 || (!b->store.sha[0] && cel_rscript_load(b->c, &b->store) < 0) ||
+            append_batch(b) < 0) {
+            rc = -1;
+            continue;
+        }
+        rc = read_batch(b);
+    }
+    if (rc != 0)
+        cel_error("result backend: %zu result(s) could not be stored", b->n);
+    drop_queue(b);
     return rc == 0 ? 0 : -1;
+}
+
+static int rb_flush(cel_backend *base)
+{
+    rb_send(base);
+    return rb_recv(base);
 }
 
 static void rb_close(cel_backend *base)
@@ -154,7 +202,7 @@ static void rb_close(cel_backend *base)
     free(b);
 }
 
-static const cel_backend_ops redis_ops = {rb_store, rb_flush, rb_close};
+static const cel_backend_ops redis_ops = {rb_store, rb_flush, rb_send, rb_recv, rb_close};
 
 cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,
                                     size_t errlen)

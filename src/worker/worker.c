@@ -73,6 +73,7 @@ typedef struct worker {
     unsigned long processed;
     int acks_pending;     /* acks queued since the last broker round trip */
     int stores_pending;   /* results queued since the last backend flush */
+    int late_acks_pending; /* acks that must follow their stored result */
 } worker;
 
 static worker *g_worker_for_signals;
@@ -134,6 +135,8 @@ static void ack(worker *w, request *r)
         return;
     w->tr->ops->ack(w->tr, r->msg.delivery_tag);
     w->acks_pending++;
+    if (r->state == REQ_RUNNING && r->acks_late)
+        w->late_acks_pending++;
     r->acked = true;
 }
 
@@ -673,10 +676,17 @@ int cel_worker_main(cel_config *cfg)
         handle_signals(w);
         if (w->stop == COLD)
             break;
-        /* Results first: an acks_late ack (sent with the fetch below) must
-         * never reach the broker before its result is stored. */
-        if (w->be)
-            cel_backend_flush(w->be);
+        /* Results go out now and their reply is read after the fetch, so
+         * both round trips overlap — unless an acks_late ack rides with the
+         * fetch: that ack must never reach the broker before its result is
+         * stored. */
+        if (w->be) {
+            if (w->late_acks_pending)
+                cel_backend_flush(w->be);
+            else
+                w->be->ops->send(w->be);
+        }
+        w->late_acks_pending = 0;
         w->stores_pending = 0;
         bool more = false, fetched = false;
         if (w->stop == RUNNING && !w->tr->ops->waiting(w->tr)) {
@@ -696,6 +706,8 @@ int cel_worker_main(cel_config *cfg)
                     more = false;
             }
         }
+        if (w->be)
+            w->be->ops->recv(w->be);
         if (!fetched && w->acks_pending)
             w->tr->ops->flush(w->tr);
         w->acks_pending = 0;
