@@ -161,8 +161,10 @@ static void child_main(const cel_registry *reg, int qfd, int fd, int index)
         memcpy(started, &n, 4);
         if (write_all(fd, started, 4 + (size_t)sl) < 0)
             _exit(3);
+        double t0 = cel_monotonic();
         json_t *outcome = cel_exec_run(reg, json_object_get(frame, "request"), NULL,
                                        child_state_cb, &ctx);
+        json_object_set_new(outcome, "runtime", json_real(cel_monotonic() - t0));
         json_t *reply = json_pack("{s:s, s:I, s:o}", "kind", "done", "job",
                                   (json_int_t)ctx.job, "outcome", outcome);
         json_decref(frame);

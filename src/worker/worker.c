@@ -74,6 +74,7 @@ typedef struct worker {
     int acks_pending;     /* acks queued since the last broker round trip */
     int stores_pending;   /* results queued since the last backend flush */
     int late_acks_pending; /* acks that must follow their stored result */
+    int eta_held;          /* reserved requests waiting for their ETA */
 } worker;
 
 static worker *g_worker_for_signals;
@@ -227,7 +228,8 @@ static void finish(worker *w, request *r, json_t *outcome)
 {
     const cel_message *m = &r->msg;
     const char *status = json_string_value(json_object_get(outcome, "status"));
-    double runtime = cel_monotonic() - r->time_start;
+    json_t *rt = json_object_get(outcome, "runtime"); /* measured by the child */
+    double runtime = json_is_real(rt) ? json_real_value(rt) : cel_monotonic() - r->time_start;
     w->processed++;
     if (status && strcmp(status, "SUCCESS") == 0) {
         json_t *res = json_object_get(outcome, "result");
@@ -462,12 +464,13 @@ drop:
 
 /* ---- dispatch --------------------------------------------------------- */
 
-/* Hands due requests to idle processes; returns seconds until the next ETA
- * (or a large number). */
+/* Hands due requests to idle processes, oldest first; returns seconds until
+ * the next ETA (or a large number) and counts the ETA-held requests. */
 static double dispatch(worker *w)
 {
     double now = cel_now(), next = 3600;
-    for (size_t i = 0; i < w->nreqs && cel_pool_idle(w->pool) > 0;) {
+    int eta_held = 0;
+    for (size_t i = 0; i < w->nreqs;) {
         request *r = w->reqs[i];
         if (r->state != REQ_RESERVED) {
             i++;
@@ -476,13 +479,18 @@ static double dispatch(worker *w)
         if (r->msg.has_eta && r->msg.eta > now) {
             if (r->msg.eta - now < next)
                 next = r->msg.eta - now;
+            eta_held++;
+            i++;
+            continue;
+        }
+        if (cel_pool_idle(w->pool) <= 0) {
             i++;
             continue;
         }
         if (r->msg.has_expires && r->msg.expires <= now) {
             json_t *exc = exc_dict("celery.exceptions", "TaskRevokedError",
                                    json_pack("[s]", "expired"));
-                cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
+            cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
             if (!r->ignore_result)
                 store(w, &r->msg, "REVOKED", exc, NULL);
             json_decref(exc);
@@ -491,20 +499,21 @@ static double dispatch(worker *w)
             continue;
         }
         json_t *req = cel_exec_request_new(&r->msg, w->cfg->hostname);
-        uint64_t job = r->job;
         size_t before = w->nreqs;
         r->state = REQ_SUBMITTED;
-        if (cel_pool_submit(w->pool, job, req) < 0) {
-            r->state = REQ_RESERVED;
-            json_decref(req);
-            break;
-        }
+        int rc = cel_pool_submit(w->pool, r->job, req);
         json_decref(req);
+        if (rc < 0) {
+            r->state = REQ_RESERVED;
+            i++;
+            continue;
+        }
         /* Solo pool: the request finished and is gone already. */
         if (w->nreqs < before)
             continue;
         i++;
     }
+    w->eta_held = eta_held;
     return next;
 }
 
@@ -690,7 +699,9 @@ int cel_worker_main(cel_config *cfg)
         w->stores_pending = 0;
         bool more = false, fetched = false;
         if (w->stop == RUNNING && !w->tr->ops->waiting(w->tr)) {
-            int room = w->prefetch - (int)w->nreqs;
+            /* As Celery raises the prefetch count for every ETA task it
+             * holds, waiting ETA tasks do not use up the budget. */
+            int room = w->prefetch + w->eta_held - (int)w->nreqs;
             if (room > 0) {
                 fetched = true;
                 cel_delivery ds[FETCH_BATCH];
