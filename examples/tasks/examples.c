@@ -11,12 +11,53 @@
 #include <string.h>
 #include <time.h>
 
-/* Positional argument i, else keyword `name`; NULL if neither. */
-static const json_t *arg(const json_t *args, const json_t *kwargs, size_t i, const char *name)
+/* Binds args/kwargs to the named parameters as Python binds a call to
+ * `def fn(p0, p1, ...)`: the same TypeErrors for too many positional
+ * arguments, unexpected or repeated keywords and missing arguments.  Returns
+ * 0 with out[i] set (borrowed), or the task's failure status. */
+static int bind(cel_task *t, const char *fn, const char *const *params, size_t n,
+                const json_t *args, const json_t *kwargs, const json_t **out)
 {
-    if (i < json_array_size(args))
-        return json_array_get(args, i);
-    return json_object_get(kwargs, name);
+    size_t nargs = json_array_size(args);
+    if (nargs > n)
+        return cel_task_raise(t, "builtins", "TypeError",
+                              "%s() takes %zu positional argument%s but %zu %s given", fn, n,
+                              n == 1 ? "" : "s", nargs, nargs == 1 ? "was" : "were");
+    for (size_t i = 0; i < n; i++)
+        out[i] = i < nargs ? json_array_get(args, i) : NULL;
+    const char *key;
+    const json_t *val;
+    json_object_foreach((json_t *)kwargs, key, val) {
+        size_t i = 0;
+        while (i < n && strcmp(params[i], key) != 0)
+            i++;
+        if (i == n)
+            return cel_task_raise(t, "builtins", "TypeError",
+                                  "%s() got an unexpected keyword argument '%s'", fn, key);
+        if (out[i])
+            return cel_task_raise(t, "builtins", "TypeError",
+                                  "%s() got multiple values for argument '%s'", fn, key);
+        out[i] = val;
+    }
+    size_t missing = 0;
+    char names[256] = "";
+    for (size_t i = 0; i < n; i++) {
+        if (out[i])
+            continue;
+        missing++;
+        /* Python: 'x', 'x' and 'y', 'x', 'y' and 'z' */
+        size_t left = 0;
+        for (size_t j = i + 1; j < n; j++)
+            left += !out[j];
+        char part[64];
+        snprintf(part, sizeof part, "'%s'%s", params[i], left > 1 ? ", " : left == 1 ? " and " : "");
+        strncat(names, part, sizeof names - strlen(names) - 1);
+    }
+    if (missing)
+        return cel_task_raise(t, "builtins", "TypeError",
+                              "%s() missing %zu required positional argument%s: %s", fn, missing,
+                              missing == 1 ? "" : "s", names);
+    return 0;
 }
 
 static const char *py_type(const json_t *v)
@@ -33,25 +74,16 @@ static const char *py_type(const json_t *v)
     }
 }
 
-static int arity_error(cel_task *t, const char *fn, size_t want, size_t got)
-{
-    return cel_task_raise(t, "builtins", "TypeError",
-                          "%s() takes %zu positional argument%s but %zu %s given", fn, want,
-                          want == 1 ? "" : "s", got, got == 1 ? "was" : "were");
-}
-
 /* examples.add(x, y): Python's x + y for numbers (bools count as ints, as
  * in Python), strings and lists. */
 static int add(cel_task *t, const json_t *args, const json_t *kwargs)
 {
-    size_t nargs = json_array_size(args);
-    if (nargs > 2)
-        return arity_error(t, "add", 2, nargs);
-    const json_t *x = arg(args, kwargs, 0, "x"), *y = arg(args, kwargs, 1, "y");
-    if (!x || !y)
-        return cel_task_raise(t, "builtins", "TypeError",
-                              "add() missing 1 required positional argument: '%s'",
-                              x ? "y" : "x");
+    static const char *const params[] = {"x", "y"};
+    const json_t *v[2];
+    int rc = bind(t, "add", params, 2, args, kwargs, v);
+    if (rc)
+        return rc;
+    const json_t *x = v[0], *y = v[1];
     bool xi = json_is_integer(x) || json_is_boolean(x), yi = json_is_integer(y) || json_is_boolean(y);
     if (xi && yi) {
         json_int_t a = json_is_integer(x) ? json_integer_value(x) : json_is_true(x);
@@ -108,7 +140,11 @@ static int echo(cel_task *t, const json_t *args, const json_t *kwargs)
  * limit interrupts it, as it interrupts Python's time.sleep. */
 static int sleep_task(cel_task *t, const json_t *args, const json_t *kwargs)
 {
-    const json_t *s = arg(args, kwargs, 0, "seconds");
+    static const char *const params[] = {"seconds"};
+    const json_t *s;
+    int rc = bind(t, "sleep", params, 1, args, kwargs, &s);
+    if (rc)
+        return rc;
     if (!json_is_number(s))
         return cel_task_raise(t, "builtins", "TypeError",
                               "'%s' object cannot be interpreted as a number",
@@ -132,9 +168,13 @@ static int sleep_task(cel_task *t, const json_t *args, const json_t *kwargs)
 /* examples.fail(message) raises ValueError(message). */
 static int fail(cel_task *t, const json_t *args, const json_t *kwargs)
 {
-    const json_t *m = arg(args, kwargs, 0, "message");
+    static const char *const params[] = {"message"};
+    const json_t *m;
+    int rc = bind(t, "fail", params, 1, args, kwargs, &m);
+    if (rc)
+        return rc;
     json_t *exc_args = json_array();
-    json_array_append(exc_args, m ? (json_t *)m : json_null());
+    json_array_append(exc_args, (json_t *)m);
     return cel_task_raise_args(t, "builtins", "ValueError", exc_args);
 }
 
@@ -143,6 +183,9 @@ static int fail(cel_task *t, const json_t *args, const json_t *kwargs)
 __attribute__((no_sanitize("undefined"))) static int crash(cel_task *t, const json_t *args,
                                                            const json_t *kwargs)
 {
+    int rc = bind(t, "crash", NULL, 0, args, kwargs, NULL);
+    if (rc)
+        return rc;
     volatile int *p = NULL;
     *p = 42;
     raise(SIGSEGV); /* not reached */

@@ -35,6 +35,10 @@ typedef struct cel_backend cel_backend;
 
 typedef struct cel_backend_ops {
     int (*store)(cel_backend *b, const cel_result_rec *r);
+    /* Stores a record already in the backend's text (see exec.h); `meta` is
+     * copied.  `reply_to` routes rpc:// records. */
+    int (*store_raw)(cel_backend *b, const char *task_id, const char *reply_to,
+                     const char *meta, size_t len);
     int (*flush)(cel_backend *b);
     /* flush in two halves, so the worker can overlap the round trip with
      * the broker's: send() writes the queued batch, recv() waits for it. */
@@ -64,6 +68,11 @@ bool cel_state_is_ready(const char *status);
 static inline int cel_backend_store(cel_backend *b, const cel_result_rec *r)
 {
     return b->ops->store(b, r);
+}
+static inline int cel_backend_store_raw(cel_backend *b, const char *task_id,
+                                        const char *reply_to, const char *meta, size_t len)
+{
+    return b->ops->store_raw(b, task_id, reply_to, meta, len);
 }
 static inline int cel_backend_flush(cel_backend *b) { return b->ops->flush(b); }
 static inline void cel_backend_close(cel_backend *b)

@@ -68,19 +68,19 @@ static int ensure_conn(redis_backend *b)
 
 static int rb_recv(cel_backend *base);
 
-static int rb_store(cel_backend *base, const cel_result_rec *r)
+static int rb_store_raw(cel_backend *base, const char *task_id, const char *reply_to,
+                        const char *meta, size_t len)
 {
     redis_backend *b = (redis_backend *)base;
     if (b->inflight) /* keep the batch on the wire intact */
         rb_recv(base);
-    json_t *m = cel_result_meta(r, base->extended, false);
-    char *text = cel_json_dumps_py(m, NULL);
-    json_decref(m);
-    char *key = NULL;
-    if (!text || asprintf(&key, "celery-task-meta-%s", r->task_id) < 0) {
+    char *key = NULL, *text = malloc(len + 1);
+    if (!text || asprintf(&key, "celery-task-meta-%s", task_id) < 0) {
         free(text);
         return -1;
     }
+    memcpy(text, meta, len);
+    text[len] = 0;
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 64;
         pending *q = realloc(b->q, cap * sizeof *q);
@@ -94,6 +94,17 @@ static int rb_store(cel_backend *base, const cel_result_rec *r)
     }
     b->q[b->n++] = (pending){key, text};
     return 0;
+}
+
+static int rb_store(cel_backend *base, const cel_result_rec *r)
+{
+    json_t *m = cel_result_meta(r, base->extended, false);
+    size_t len = 0;
+    char *text = m ? cel_json_dumps_py(m, &len) : NULL;
+    json_decref(m);
+    int rc = text ? rb_store_raw(base, r->task_id, r->reply_to, text, len) : -1;
+    free(text);
+    return rc;
 }
 
 /* Appends one EVALSHA storing q[0..n) and writes it out. */
@@ -202,7 +213,8 @@ static void rb_close(cel_backend *base)
     free(b);
 }
 
-static const cel_backend_ops redis_ops = {rb_store, rb_flush, rb_send, rb_recv, rb_close};
+static const cel_backend_ops redis_ops = {rb_store, rb_store_raw, rb_flush, rb_send, rb_recv,
+                                          rb_close};
 
 cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,
                                     size_t errlen)

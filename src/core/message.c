@@ -541,7 +541,7 @@ static cel_msg_status parse_headers(cel_message *m, char *err, size_t errlen)
 
 /* Stages 2-4 shared by both transports.  `body` NULL = no body at all. */
 static cel_msg_status parse_rest(cel_message *m, const char *body, size_t body_len,
-                                 body_encoding enc, char *err, size_t errlen)
+                                 body_encoding enc, bool decode_body, char *err, size_t errlen)
 {
     cel_msg_status st = parse_headers(m, err, errlen);
     if (st != CEL_MSG_OK)
@@ -555,6 +555,9 @@ static cel_msg_status parse_rest(cel_message *m, const char *body, size_t body_l
                 m->content_type);
         return CEL_MSG_DISALLOWED;
     }
+
+    if (!decode_body)
+        return CEL_MSG_OK;
 
     /* Stage 4: body bytes -> [args, kwargs, embed]. */
     if (!body) {
@@ -615,8 +618,8 @@ static cel_msg_status parse_rest(cel_message *m, const char *body, size_t body_l
     return CEL_MSG_OK;
 }
 
-cel_msg_status cel_message_parse_redis(const char *data, size_t len, cel_message *m,
-                                       char *err, size_t errlen)
+static cel_msg_status parse_redis(const char *data, size_t len, cel_message *m,
+                                  bool decode_body, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
     set_err(err, errlen, "ok");
@@ -668,7 +671,20 @@ cel_msg_status cel_message_parse_redis(const char *data, size_t len, cel_message
                       : str_is(be, "base64")    ? BODY_BASE64
                                                 : BODY_UNKNOWN;
     json_t *body = json_object_get(env, "body");
-    return parse_rest(m, json_string_value(body), json_string_length(body), enc, err, errlen);
+    return parse_rest(m, json_string_value(body), json_string_length(body), enc, decode_body,
+                      err, errlen);
+}
+
+cel_msg_status cel_message_parse_redis(const char *data, size_t len, cel_message *m,
+                                       char *err, size_t errlen)
+{
+    return parse_redis(data, len, m, true, err, errlen);
+}
+
+cel_msg_status cel_message_parse_redis_head(const char *data, size_t len, cel_message *m,
+                                            char *err, size_t errlen)
+{
+    return parse_redis(data, len, m, false, err, errlen);
 }
 
 cel_msg_status cel_message_parse_parts(cel_message *m, const char *body, size_t body_len,
@@ -680,7 +696,7 @@ cel_msg_status cel_message_parse_parts(cel_message *m, const char *body, size_t 
     if (!m->routing_key)
         m->routing_key = "";
     return parse_rest(m, body ? body : "", body_len, body_is_base64 ? BODY_BASE64 : BODY_RAW,
-                      err, errlen);
+                      true, err, errlen);
 }
 
 void cel_message_clear(cel_message *m)

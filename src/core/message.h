@@ -91,6 +91,12 @@ typedef struct cel_message {
 cel_msg_status cel_message_parse_redis(const char *data, size_t len,
                                        cel_message *m, char *err, size_t errlen);
 
+/* Stages 1–3 only: the body is left undecoded (m->body, args, kwargs and
+ * embed stay NULL) for a pool process to decode — Celery's protocol v2 defers
+ * the body to the pool too.  CEL_MSG_OK means "headers fine". */
+cel_msg_status cel_message_parse_redis_head(const char *data, size_t len, cel_message *m,
+                                            char *err, size_t errlen);
+
 /* Stage 2–4 on an already-filled `headers`, `properties`-derived fields and a
  * raw body (used by the AMQP transport; the body is raw bytes there).  The
  * caller sets m->headers (ownership passes to m) and the property fields. */

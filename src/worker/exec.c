@@ -1,5 +1,5 @@
 /* exec.c — the task API's implementation (include/celeriac/task.h) and the
- * step that runs a task function.
+ * step that runs a task function (see exec.h).
  *
  * Why a synthesized traceback: Python clients read `.traceback` and logs show
  * it; a C task has no Python frames, so we write one frame naming the task
@@ -7,54 +7,76 @@
  * find the failing task.
  */
 #include "worker/exec.h"
+#include "backend/backend.h"
+#include "core/log.h"
+#include "core/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct cel_task {
-    json_t *req; /* borrowed request */
-    const char *id, *name, *root_id, *parent_id, *group_id, *hostname;
-    int retries;
+    const cel_message *m;
+    const cel_exec_env *env;
     volatile sig_atomic_t *soft_flag;
     cel_state_cb state_cb;
     void *state_ud;
+    json_t *delivery_info; /* built on first use */
     /* outcome */
-    json_t *outcome;
+    bool done;
+    int status;
+    json_t *result;     /* SUCCESS value */
+    const char *exc_module, *exc_type;
+    json_t *exc_args;   /* FAILURE args */
+    double countdown;   /* RETRY */
 };
 
-static const char *opt_str(json_t *obj, const char *key)
+void cel_outcome_clear(cel_outcome *o)
 {
-    json_t *v = json_object_get(obj, key);
-    return json_is_string(v) ? json_string_value(v) : NULL;
+    free(o->meta);
+    memset(o, 0, sizeof *o);
 }
 
-static void set_str(json_t *obj, const char *key, const char *val)
+json_t *cel_exc_dict(const char *module, const char *type, json_t *args)
 {
-    json_object_set_new(obj, key, val ? json_string(val) : json_null());
+    return json_pack("{s:s, s:o, s:s}", "exc_type", type, "exc_message",
+                     args ? args : json_array(), "exc_module", module);
 }
 
-json_t *cel_exec_request_new(const cel_message *m, const char *hostname)
+char *cel_exec_record(const cel_exec_env *env, const cel_message *m, const char *status,
+                      json_t *result, const char *traceback, size_t *len)
 {
-    json_t *r = json_object();
-    set_str(r, "id", m->id);
-    set_str(r, "task", m->task);
-    json_object_set(r, "args", m->args);
-    json_object_set(r, "kwargs", m->kwargs);
-    set_str(r, "root_id", m->root_id);
-    set_str(r, "parent_id", m->parent_id);
-    set_str(r, "group", m->group);
-    json_object_set_new(r, "retries", json_integer(m->retries));
-    set_str(r, "hostname", hostname);
-    if (m->headers)
-        json_object_set(r, "headers", m->headers);
-    json_t *di = json_object();
-    set_str(di, "exchange", m->exchange ? m->exchange : "");
-    set_str(di, "routing_key", m->routing_key ? m->routing_key : "");
-    json_object_set_new(di, "priority", json_integer(m->priority));
-    json_object_set_new(di, "redelivered", m->redelivered ? json_true() : json_null());
-    json_object_set_new(r, "delivery_info", di);
-    return r;
+    cel_result_rec rec = {
+        .task_id = m->id,
+        .status = status,
+        .result = result,
+        .traceback = traceback,
+        .group_id = m->group,
+        .parent_id = m->parent_id,
+        .reply_to = m->reply_to,
+        .name = m->task,
+        .args = m->args,
+        .kwargs = m->kwargs,
+        .worker = env->hostname,
+        .retries = m->retries,
+        .queue = m->routing_key,
+    };
+    json_t *meta = cel_result_meta(&rec, env->extended, env->for_rpc);
+    char *text = meta ? cel_json_dumps_py(meta, len) : NULL;
+    json_decref(meta);
+    return text;
+}
+
+/* "ValueError('kaboom')", as Python's repr of the exception. */
+static char *exc_repr(const char *type, json_t *args)
+{
+    bool one = json_array_size(args) == 1;
+    char *a = one ? cel_pyrepr(json_array_get(args, 0)) : cel_pyrepr_args(args);
+    char *s = NULL;
+    if (asprintf(&s, "%s%s%s%s", type, one ? "(" : "", a ? a : "()", one ? ")" : "") < 0)
+        s = NULL;
+    free(a);
+    return s;
 }
 
 static char *make_traceback(const char *task, const char *module, const char *type,
@@ -62,13 +84,12 @@ static char *make_traceback(const char *task, const char *module, const char *ty
 {
     char *msg = NULL;
     size_t n = json_array_size(args);
-    if (n == 1 && json_is_string(json_array_get(args, 0))) {
+    if (n == 1 && json_is_string(json_array_get(args, 0)))
         msg = strdup(json_string_value(json_array_get(args, 0)));
-    } else if (n > 0) {
-        msg = json_dumps(args, JSON_ENCODE_ANY);
-    }
-    char *tb = NULL;
+    else if (n > 0)
+        msg = cel_pyrepr_args(args);
     const char *qual = strcmp(module, "builtins") == 0 ? "" : module;
+    char *tb = NULL;
     if (asprintf(&tb,
                  "Traceback (most recent call last):\n"
                  "  File \"<celeriac task module>\", in %s\n"
@@ -80,42 +101,33 @@ static char *make_traceback(const char *task, const char *module, const char *ty
     return tb;
 }
 
-json_t *cel_exec_failure(const char *module, const char *type, json_t *args,
-                         const char *traceback)
+static void reset_outcome(cel_task *t)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "status", json_string("FAILURE"));
-    json_object_set_new(o, "exc_type", json_string(type));
-    json_object_set_new(o, "exc_module", json_string(module));
-    json_object_set_new(o, "exc_message", args ? args : json_array());
-    json_object_set_new(o, "traceback", traceback ? json_string(traceback) : json_null());
-    return o;
-}
-
-static void set_outcome(cel_task *t, json_t *o)
-{
-    json_decref(t->outcome);
-    t->outcome = o;
+    json_decref(t->result);
+    json_decref(t->exc_args);
+    t->result = t->exc_args = NULL;
+    t->done = true;
 }
 
 int cel_task_return(cel_task *t, json_t *value)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "status", json_string("SUCCESS"));
-    json_object_set_new(o, "result", value ? value : json_null());
-    set_outcome(t, o);
+    reset_outcome(t);
+    t->status = CEL_TASK_SUCCESS;
+    t->result = value ? value : json_null();
     return CEL_TASK_SUCCESS;
 }
 
 int cel_task_raise_args(cel_task *t, const char *module, const char *type, json_t *args)
 {
+    reset_outcome(t);
     if (!json_is_array(args)) {
         json_decref(args);
         args = json_array();
     }
-    char *tb = make_traceback(t->name, module, type, args);
-    set_outcome(t, cel_exec_failure(module, type, args, tb));
-    free(tb);
+    t->status = CEL_TASK_FAILURE;
+    t->exc_module = module;
+    t->exc_type = type;
+    t->exc_args = args;
     return CEL_TASK_FAILURE;
 }
 
@@ -136,72 +148,138 @@ int cel_task_raise(cel_task *t, const char *module, const char *type, const char
 
 int cel_task_retry(cel_task *t, double countdown)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "status", json_string("RETRY"));
-    json_object_set_new(o, "countdown", json_real(countdown));
-    set_outcome(t, o);
+    reset_outcome(t);
+    t->status = CEL_TASK_RETRY;
+    t->countdown = countdown;
     return CEL_TASK_RETRY;
 }
 
 int cel_task_update_state(cel_task *t, const char *state, json_t *meta)
 {
-    if (!t->state_cb || !state) {
+    if (!state || !t->state_cb || !t->env->store_results) {
         json_decref(meta);
-        return -1;
+        return t->state_cb ? 0 : -1;
     }
-    return t->state_cb(t->state_ud, t->id, state, meta ? meta : json_null());
+    size_t len = 0;
+    char *text = cel_exec_record(t->env, t->m, state, meta ? meta : json_null(), NULL, &len);
+    json_decref(meta);
+    if (!text)
+        return -1;
+    t->state_cb(t->state_ud, text, len);
+    free(text);
+    return 0;
 }
 
-const char *cel_task_id(const cel_task *t) { return t->id; }
-const char *cel_task_name(const cel_task *t) { return t->name; }
-const char *cel_task_root_id(const cel_task *t) { return t->root_id; }
-const char *cel_task_parent_id(const cel_task *t) { return t->parent_id; }
-const char *cel_task_group_id(const cel_task *t) { return t->group_id; }
-const char *cel_task_hostname(const cel_task *t) { return t->hostname; }
-int cel_task_retries(const cel_task *t) { return t->retries; }
-const json_t *cel_task_headers(const cel_task *t) { return json_object_get(t->req, "headers"); }
-const json_t *cel_task_delivery_info(const cel_task *t)
-{
-    return json_object_get(t->req, "delivery_info");
-}
+const char *cel_task_id(const cel_task *t) { return t->m->id; }
+const char *cel_task_name(const cel_task *t) { return t->m->task; }
+const char *cel_task_root_id(const cel_task *t) { return t->m->root_id; }
+const char *cel_task_parent_id(const cel_task *t) { return t->m->parent_id; }
+const char *cel_task_group_id(const cel_task *t) { return t->m->group; }
+const char *cel_task_hostname(const cel_task *t) { return t->env->hostname; }
+int cel_task_retries(const cel_task *t) { return t->m->retries; }
+const json_t *cel_task_headers(const cel_task *t) { return t->m->headers; }
 bool cel_task_soft_limit_exceeded(const cel_task *t) { return t->soft_flag && *t->soft_flag; }
 
-json_t *cel_exec_run(const cel_registry *reg, json_t *request,
-                     volatile sig_atomic_t *soft_flag, cel_state_cb state_cb, void *ud)
+const json_t *cel_task_delivery_info(const cel_task *t)
 {
-    cel_task t = {
-        .req = request,
-        .id = opt_str(request, "id"),
-        .name = opt_str(request, "task"),
-        .root_id = opt_str(request, "root_id"),
-        .parent_id = opt_str(request, "parent_id"),
-        .group_id = opt_str(request, "group"),
-        .hostname = opt_str(request, "hostname"),
-        .retries = (int)json_integer_value(json_object_get(request, "retries")),
-        .soft_flag = soft_flag,
-        .state_cb = state_cb,
-        .state_ud = ud,
-    };
-    const cel_task_def *def = t.name ? cel_registry_find(reg, t.name) : NULL;
+    cel_task *mt = (cel_task *)t; /* a cache, not a change of state */
+    if (!mt->delivery_info) {
+        const cel_message *m = t->m;
+        mt->delivery_info = json_pack("{s:s, s:s, s:i, s:o}", "exchange",
+                                      m->exchange ? m->exchange : "", "routing_key",
+                                      m->routing_key ? m->routing_key : "", "priority",
+                                      m->priority, "redelivered",
+                                      m->redelivered ? json_true() : json_null());
+    }
+    return mt->delivery_info;
+}
+
+/* Turns a RETRY past max_retries into Celery's MaxRetriesExceededError. */
+static void check_max_retries(cel_task *t, const cel_task_def *def)
+{
+    int max = def->opts.max_retries == -1 ? 3 : def->opts.max_retries;
+    const cel_message *m = t->m;
+    if (max < 0 || m->retries < max) {
+        if (t->countdown < 0)
+            t->countdown = def->opts.default_retry_delay > 0 ? def->opts.default_retry_delay : 180;
+        return;
+    }
+    char *msg = NULL;
+    if (asprintf(&msg, "Can't retry %s[%s] args:%s kwargs:%s", m->task, m->id,
+                 m->argsrepr ? m->argsrepr : "()", m->kwargsrepr ? m->kwargsrepr : "{}") < 0)
+        msg = NULL;
+    cel_task_raise(t, "celery.exceptions", "MaxRetriesExceededError", "%s", msg ? msg : "");
+    free(msg);
+}
+
+void cel_exec_run(const cel_exec_env *env, const cel_message *m,
+                  volatile sig_atomic_t *soft_flag, cel_state_cb state_cb, void *ud,
+                  cel_outcome *out)
+{
+    memset(out, 0, sizeof *out);
+    cel_task t = {.m = m, .env = env, .soft_flag = soft_flag, .state_cb = state_cb,
+                  .state_ud = ud};
+    const cel_task_def *def = cel_registry_find(env->reg, m->task);
+    double t0 = cel_monotonic();
     if (!def) {
-        json_t *a = json_array();
-        json_array_append_new(a, json_string(t.name ? t.name : ""));
-        return cel_exec_failure("celery.exceptions", "NotRegistered", a, NULL);
+        cel_task_raise(&t, "celery.exceptions", "NotRegistered", "%s", m->task);
+    } else {
+        int rc = def->fn(&t, m->args, m->kwargs);
+        if (!t.done) {
+            if (rc == CEL_TASK_SUCCESS)
+                cel_task_return(&t, NULL);
+            else
+                cel_task_raise(&t, "builtins", "RuntimeError",
+                               "task %s returned %d without a result", m->task, rc);
+        }
+        if (t.status == CEL_TASK_RETRY)
+            check_max_retries(&t, def);
     }
-    json_t *args = json_object_get(request, "args");
-    json_t *kwargs = json_object_get(request, "kwargs");
-    int rc = def->fn(&t, args, kwargs);
-    if (!t.outcome) {
-        /* The task returned without using a result call. */
-        if (rc == CEL_TASK_SUCCESS)
-            cel_task_return(&t, NULL);
-        else
-            cel_task_raise(&t, "builtins", "RuntimeError",
-                           "task %s returned %d without a result", t.name, rc);
+    out->runtime = cel_monotonic() - t0;
+
+    bool ignore = m->ignore_result ||
+                  (def && def->opts.ignore_result >= 0 ? def->opts.ignore_result
+                                                       : env->ignore_result);
+    bool store = env->store_results && !ignore;
+    if (t.status == CEL_TASK_SUCCESS) {
+        out->status = CEL_OUT_SUCCESS;
+        if (cel_log_get_level() <= CEL_LOG_INFO) {
+            char *r = cel_pyrepr(t.result);
+            json_t *rt = json_real(out->runtime);
+            char *rts = cel_pyrepr(rt); /* Python's float repr, as Celery prints it */
+            cel_info("Task %s[%s] succeeded in %ss: %s", m->task, m->id, rts ? rts : "?",
+                     r ? r : "");
+            json_decref(rt);
+            free(rts);
+            free(r);
+        }
+        if (store)
+            out->meta = cel_exec_record(env, m, "SUCCESS", t.result, NULL, &out->meta_len);
+    } else if (t.status == CEL_TASK_RETRY) {
+        out->status = CEL_OUT_RETRY;
+        out->countdown = t.countdown;
+        char msg[64];
+        snprintf(msg, sizeof msg, "Retry in %gs", t.countdown);
+        cel_info("Task %s[%s] retry: %s", m->task, m->id, msg);
+        json_t *exc = cel_exc_dict("celery.exceptions", "Retry", json_pack("[s]", msg));
+        if (store)
+            out->meta = cel_exec_record(env, m, "RETRY", exc, NULL, &out->meta_len);
+        json_decref(exc);
+    } else {
+        out->status = CEL_OUT_FAILURE;
+        char *tb = make_traceback(m->task, t.exc_module, t.exc_type, t.exc_args);
+        char *rep = exc_repr(t.exc_type, t.exc_args);
+        cel_error("Task %s[%s] raised unexpected: %s\n%s", m->task, m->id, rep ? rep : "",
+                  tb ? tb : "");
+        free(rep);
+        json_t *exc = cel_exc_dict(t.exc_module, t.exc_type, json_incref(t.exc_args));
+        /* Celery's store_errors_even_if_ignored defaults to False. */
+        if (store)
+            out->meta = cel_exec_record(env, m, "FAILURE", exc, tb, &out->meta_len);
+        json_decref(exc);
+        free(tb);
     }
-    if (t.soft_flag && *t.soft_flag && rc == CEL_TASK_SUCCESS) {
-        /* As Python: the soft limit interrupts the task unless it handled it
-         * (a task that noticed the flag and returned a value handled it). */
-    }
-    return t.outcome;
+    json_decref(t.result);
+    json_decref(t.exc_args);
+    json_decref(t.delivery_info);
 }

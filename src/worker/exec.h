@@ -1,14 +1,11 @@
-/* exec.h — running one task function and turning what it did into an
- * outcome, the same in a pool child and in the solo pool.
+/* exec.h — running one task and turning what it did into an outcome, the
+ * same in a pool child and in the solo pool.
  *
- * The request is a JSON object built by the parent from the parsed message
- * (see cel_exec_request_new); the outcome is a JSON object:
- *   {"status": "SUCCESS", "result": <value>}
- *   {"status": "FAILURE", "exc_type": T, "exc_module": M, "exc_message": [..],
- *    "traceback": "..."}
- *   {"status": "RETRY", "countdown": <seconds>}
- * Progress updates (cel_task_update_state) go out through a callback while
- * the task runs.
+ * The process that runs the task also builds the result record, in the
+ * backend's exact text, and logs the task's result line (as Celery's tracer
+ * does in ForkPoolWorker-N): the parent then only forwards text to the
+ * backend, and the JSON work of a task is spread over the pool's processes
+ * instead of piling up in the one parent.
  */
 #ifndef CELERIAC_EXEC_H
 #define CELERIAC_EXEC_H
@@ -16,23 +13,55 @@
 #include "core/message.h"
 #include "worker/registry.h"
 #include <signal.h>
+#include <stdbool.h>
 
-typedef int (*cel_state_cb)(void *ud, const char *task_id, const char *state, json_t *meta);
+/* What the executing process needs to know besides the message. */
+typedef struct cel_exec_env {
+    const cel_registry *reg;
+    const char *hostname;
+    bool store_results;  /* a result backend is configured */
+    bool extended;       /* result_extended */
+    bool for_rpc;        /* rpc:// record shape */
+    bool ignore_result;  /* task_ignore_result */
+} cel_exec_env;
 
-/* Builds the request object sent to the executor: id, task, args, kwargs,
- * root_id, parent_id, group, retries, hostname, headers, delivery_info.
- * Returns a new reference. */
-json_t *cel_exec_request_new(const cel_message *m, const char *hostname);
+typedef enum cel_outcome_status {
+    CEL_OUT_SUCCESS = 0,
+    CEL_OUT_FAILURE = 1,
+    CEL_OUT_RETRY = 2,
+    CEL_OUT_DISCARD = 3, /* the message could not be decoded: ack, store nothing */
+} cel_outcome_status;
 
-/* Runs the request against the registry.  `soft_flag` (may be NULL) is set
- * asynchronously when the soft time limit passes.  Returns a new outcome
- * reference (never NULL unless out of memory). */
-json_t *cel_exec_run(const cel_registry *reg, json_t *request,
-                     volatile sig_atomic_t *soft_flag, cel_state_cb state_cb, void *ud);
+/* The outcome of one execution.  `meta` is malloc'd backend-ready text, or
+ * NULL when nothing is to be stored. */
+typedef struct cel_outcome {
+    cel_outcome_status status;
+    char *meta;
+    size_t meta_len;
+    double countdown; /* RETRY: seconds until the retry's ETA */
+    double runtime;   /* seconds spent in the task function */
+} cel_outcome;
 
-/* Builds a FAILURE outcome for an exception raised outside the task
- * (WorkerLostError, NotRegistered, ...).  `args` is stolen. */
-json_t *cel_exec_failure(const char *module, const char *type, json_t *args,
-                         const char *traceback);
+void cel_outcome_clear(cel_outcome *o);
+
+/* Called when a task stores a custom state; `meta` is the record text. */
+typedef void (*cel_state_cb)(void *ud, const char *meta, size_t len);
+
+/* Runs the task of parsed message `m` (stages up to the body done).  Fills
+ * `out`.  `soft_flag` (may be NULL) is set asynchronously when the soft time
+ * limit passes. */
+void cel_exec_run(const cel_exec_env *env, const cel_message *m,
+                  volatile sig_atomic_t *soft_flag, cel_state_cb state_cb, void *ud,
+                  cel_outcome *out);
+
+/* Builds a result record for the parent's own outcomes (WorkerLostError,
+ * NotRegistered, expired, STARTED): `result` and `traceback` as in Celery's
+ * meta.  Returns malloc'd text (length in *len) or NULL. */
+char *cel_exec_record(const cel_exec_env *env, const cel_message *m, const char *status,
+                      json_t *result, const char *traceback, size_t *len);
+
+/* Celery's exception dict {"exc_type", "exc_message", "exc_module"}; steals
+ * `args` (a JSON array). */
+json_t *cel_exc_dict(const char *module, const char *type, json_t *args);
 
 #endif

@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +34,19 @@
  * memfd.  Well under the default socket buffer, so a send never fails for
  * size. */
 #define INLINE_MAX (32u * 1024)
+
+/* Report frames, child -> parent: a 4-byte length (host order), then this
+ * header, then `len - sizeof(frame_hdr)` bytes of record text. */
+enum { FRAME_STARTED = 1, FRAME_DONE = 2, FRAME_STATE = 3 };
+
+typedef struct frame_hdr {
+    uint8_t kind;
+    uint8_t status;    /* cel_outcome_status, FRAME_DONE */
+    uint8_t pad[6];
+    uint64_t job;
+    double runtime;
+    double countdown;
+} frame_hdr;
 
 typedef struct child {
     pid_t pid;       /* 0 = slot empty */
@@ -44,7 +58,7 @@ typedef struct child {
 } child;
 
 struct cel_pool {
-    const cel_registry *reg;
+    const cel_exec_env *env;
     cel_pool_events ev;
     void *ud;
     int n;          /* processes; 0 = solo */
@@ -73,14 +87,27 @@ static int write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
-static int send_frame(int fd, json_t *obj)
+static int send_report(int fd, const frame_hdr *h, const char *text, size_t len)
 {
-    char *text = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text)
+    uint32_t n = (uint32_t)(sizeof *h + len);
+    struct iovec iov[3] = {{&n, sizeof n}, {(void *)h, sizeof *h}, {(void *)text, len}};
+    size_t total = sizeof n + n;
+    ssize_t w = writev(fd, iov, text ? 3 : 2);
+    if (w == (ssize_t)total)
+        return 0;
+    if (w < 0 && errno != EINTR)
         return -1;
-    uint32_t n = (uint32_t)strlen(text);
-    int rc = write_all(fd, &n, sizeof n) || write_all(fd, text, n) ? -1 : 0;
-    free(text);
+    /* Short write (a large record): send the rest in order. */
+    char *buf = malloc(total);
+    if (!buf)
+        return -1;
+    memcpy(buf, &n, sizeof n);
+    memcpy(buf + sizeof n, h, sizeof *h);
+    if (len)
+        memcpy(buf + sizeof n + sizeof *h, text, len);
+    size_t done = w > 0 ? (size_t)w : 0;
+    int rc = write_all(fd, buf + done, total - done);
+    free(buf);
     return rc;
 }
 
@@ -89,18 +116,16 @@ typedef struct child_ctx {
     uint64_t job;
 } child_ctx;
 
-static int child_state_cb(void *ud, const char *task_id, const char *state, json_t *meta)
+static void child_state_cb(void *ud, const char *meta, size_t len)
 {
     child_ctx *c = ud;
-    json_t *f = json_pack("{s:s, s:I, s:s, s:o}", "kind", "state", "job", (json_int_t)c->job,
-                          "state", state, "meta", meta);
-    int rc = f ? send_frame(c->fd, f) : -1;
-    json_decref(f);
-    return rc;
+    frame_hdr h = {.kind = FRAME_STATE, .job = c->job};
+    send_report(c->fd, &h, meta, len);
 }
 
-/* Receives one job datagram; returns the parsed frame or NULL at EOF. */
-static json_t *recv_job(int qfd)
+/* Receives one job: 8 bytes of job id, then the envelope.  Returns a
+ * malloc'd buffer (length in *len) or NULL at EOF. */
+static char *recv_job(int qfd, size_t *len)
 {
     static char buf[INLINE_MAX + 64];
     char cbuf[CMSG_SPACE(sizeof(int))];
@@ -113,28 +138,36 @@ static json_t *recv_job(int qfd)
             continue;
         if (r <= 0)
             return NULL;
-        json_error_t jerr;
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
             int mfd;
             memcpy(&mfd, CMSG_DATA(cm), sizeof mfd);
             struct stat st;
-            json_t *f = NULL;
-            if (fstat(mfd, &st) == 0 && st.st_size > 0 && (size_t)st.st_size <= CEL_FRAME_MAX) {
-                void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, mfd, 0);
-                if (map != MAP_FAILED) {
-                    f = json_loadb(map, (size_t)st.st_size, JSON_ALLOW_NUL, &jerr);
-                    munmap(map, (size_t)st.st_size);
-                }
+            char *out = NULL;
+            if (fstat(mfd, &st) == 0 && st.st_size > 8 && (size_t)st.st_size <= CEL_FRAME_MAX &&
+                (out = malloc((size_t)st.st_size)) != NULL &&
+                pread(mfd, out, (size_t)st.st_size, 0) != st.st_size) {
+                free(out);
+                out = NULL;
             }
             close(mfd);
-            return f;
+            if (!out)
+                continue; /* unreadable job: the parent's restore covers it */
+            *len = (size_t)st.st_size;
+            return out;
         }
-        return json_loadb(buf, (size_t)r, JSON_ALLOW_NUL, &jerr);
+        if (r < 8)
+            continue;
+        char *out = malloc((size_t)r);
+        if (!out)
+            return NULL;
+        memcpy(out, buf, (size_t)r);
+        *len = (size_t)r;
+        return out;
     }
 }
 
-static void child_main(const cel_registry *reg, int qfd, int fd, int index)
+static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
 {
     char name[32];
     snprintf(name, sizeof name, "ForkPoolWorker-%d", index);
@@ -148,29 +181,37 @@ static void child_main(const cel_registry *reg, int qfd, int fd, int index)
     if (getppid() == 1)
         _exit(0);
     for (;;) {
-        json_t *frame = recv_job(qfd);
-        if (!frame)
+        size_t len;
+        char *job = recv_job(qfd, &len);
+        if (!job)
             _exit(0);
-        child_ctx ctx = {.fd = fd,
-                         .job = (uint64_t)json_integer_value(json_object_get(frame, "job"))};
+        child_ctx ctx = {.fd = fd};
+        memcpy(&ctx.job, job, 8);
         /* Report the start first: the parent acks early-ack tasks now. */
-        char started[64];
-        int sl = snprintf(started + 4, sizeof started - 4, "{\"kind\":\"started\",\"job\":%llu}",
-                          (unsigned long long)ctx.job);
-        uint32_t n = (uint32_t)sl;
-        memcpy(started, &n, 4);
-        if (write_all(fd, started, 4 + (size_t)sl) < 0)
+        frame_hdr h = {.kind = FRAME_STARTED, .job = ctx.job};
+        if (send_report(fd, &h, NULL, 0) < 0)
             _exit(3);
-        double t0 = cel_monotonic();
-        json_t *outcome = cel_exec_run(reg, json_object_get(frame, "request"), NULL,
-                                       child_state_cb, &ctx);
-        json_object_set_new(outcome, "runtime", json_real(cel_monotonic() - t0));
-        json_t *reply = json_pack("{s:s, s:I, s:o}", "kind", "done", "job",
-                                  (json_int_t)ctx.job, "outcome", outcome);
-        json_decref(frame);
-        if (!reply || send_frame(fd, reply) < 0)
+        cel_message m;
+        char err[256];
+        cel_outcome o = {0};
+        cel_msg_status st = cel_message_parse_redis(job + 8, len - 8, &m, err, sizeof err);
+        if (st == CEL_MSG_OK) {
+            cel_exec_run(env, &m, NULL, child_state_cb, &ctx, &o);
+        } else {
+            cel_crit("Can't decode message body: %s (type:%s encoding:%s); the message has "
+                     "been discarded",
+                     err, m.content_type ? m.content_type : "?",
+                     m.content_encoding ? m.content_encoding : "?");
+            o.status = CEL_OUT_DISCARD;
+        }
+        cel_message_clear(&m);
+        free(job);
+        h = (frame_hdr){.kind = FRAME_DONE, .status = (uint8_t)o.status, .job = ctx.job,
+                        .runtime = o.runtime, .countdown = o.countdown};
+        int rc = send_report(fd, &h, o.meta, o.meta_len);
+        cel_outcome_clear(&o);
+        if (rc < 0)
             _exit(3);
-        json_decref(reply);
     }
 }
 
@@ -195,7 +236,7 @@ static int spawn(cel_pool *p, child *k)
         for (int i = 0; i < p->n; i++)
             if (p->kids[i].pid && p->kids[i].fd >= 0)
                 close(p->kids[i].fd);
-        child_main(p->reg, p->jobq[1], sv[1], k->index);
+        child_main(p->env, p->jobq[1], sv[1], k->index);
         _exit(0);
     }
     close(sv[1]);
@@ -207,13 +248,13 @@ static int spawn(cel_pool *p, child *k)
     return 0;
 }
 
-cel_pool *cel_pool_start(int processes, const cel_registry *reg,
+cel_pool *cel_pool_start(int processes, const cel_exec_env *env,
                          const cel_pool_events *ev, void *ud, char *err, size_t errlen)
 {
     cel_pool *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
-    p->reg = reg;
+    p->env = env;
     p->ev = *ev;
     p->ud = ud;
     p->n = processes;
@@ -262,22 +303,20 @@ int cel_pool_idle(const cel_pool *p)
 
 int cel_pool_busy(const cel_pool *p) { return p->n ? running_count(p) + p->queued : 0; }
 
-static int solo_state_cb(void *ud, const char *task_id, const char *state, json_t *meta)
+static void solo_state_cb(void *ud, const char *meta, size_t len)
 {
     cel_pool *p = ud;
-    p->ev.on_state(p->ud, p->solo_job, state, meta);
-    json_decref(meta);
-    return 0;
+    p->ev.on_state(p->ud, p->solo_job, meta, len);
 }
 
-/* Sends a request too large for a datagram as a memfd. */
-static int send_memfd(int qfd, const char *text, size_t len)
+/* Sends a job too large for a datagram as a memfd. */
+static int send_memfd(int qfd, uint64_t job, const char *raw, size_t len)
 {
     int mfd = memfd_create("celeriac-job", MFD_CLOEXEC);
     if (mfd < 0)
         return -1;
     int rc = -1;
-    if (write_all(mfd, text, len) == 0) {
+    if (write_all(mfd, &job, 8) == 0 && write_all(mfd, raw, len) == 0) {
         char one = 'm';
         struct iovec iov = {.iov_base = &one, .iov_len = 1};
         char cbuf[CMSG_SPACE(sizeof(int))];
@@ -289,42 +328,39 @@ static int send_memfd(int qfd, const char *text, size_t len)
         cm->cmsg_type = SCM_RIGHTS;
         cm->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(cm), &mfd, sizeof mfd);
-        rc = sendmsg(qfd, &mh, MSG_NOSIGNAL) == 1 ? 0 : -1;
+        rc = sendmsg(qfd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) == 1 ? 0 : -1;
     }
     close(mfd);
     return rc;
 }
 
-int cel_pool_submit(cel_pool *p, uint64_t job, json_t *request)
+int cel_pool_submit(cel_pool *p, uint64_t job, const char *raw, size_t len,
+                    const cel_message *m)
 {
     if (p->n == 0) {
         p->solo_job = job;
         if (p->ev.on_started)
             p->ev.on_started(p->ud, job, getpid());
-        json_t *o = cel_exec_run(p->reg, request, NULL, solo_state_cb, p);
-        p->ev.on_outcome(p->ud, job, o);
-        json_decref(o);
+        cel_outcome o;
+        cel_exec_run(p->env, m, NULL, solo_state_cb, p, &o);
+        p->ev.on_outcome(p->ud, job, &o);
+        cel_outcome_clear(&o);
         return 0;
     }
     if (cel_pool_idle(p) <= 0)
         return -1;
-    json_t *f = json_pack("{s:I, s:O}", "job", (json_int_t)job, "request", request);
-    char *text = f ? json_dumps(f, JSON_COMPACT) : NULL;
-    json_decref(f);
-    if (!text)
-        return -1;
-    size_t len = strlen(text);
     int rc;
     if (len <= INLINE_MAX) {
+        struct iovec iov[2] = {{&job, 8}, {(void *)raw, len}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
         ssize_t w;
         do
-            w = send(p->jobq[0], text, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            w = sendmsg(p->jobq[0], &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         while (w < 0 && errno == EINTR);
-        rc = w == (ssize_t)len ? 0 : -1; /* EAGAIN: queue full, keep it */
+        rc = w == (ssize_t)(len + 8) ? 0 : -1; /* EAGAIN: queue full, keep it */
     } else {
-        rc = send_memfd(p->jobq[0], text, len);
+        rc = send_memfd(p->jobq[0], job, raw, len);
     }
-    free(text);
     if (rc == 0)
         p->queued++;
     return rc;
@@ -347,32 +383,39 @@ int cel_pool_pollfds(cel_pool *p, struct pollfd *fds, int max)
 
 static void handle_frame(cel_pool *p, child *k, const char *data, size_t len)
 {
-    json_error_t jerr;
-    json_t *f = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
-    if (!f) {
-        cel_error("Pool process %d sent a malformed frame: %s", (int)k->pid, jerr.text);
+    frame_hdr h;
+    if (len < sizeof h) {
+        cel_error("Pool process %d sent a short frame", (int)k->pid);
         return;
     }
-    const char *kind = json_string_value(json_object_get(f, "kind"));
-    uint64_t job = (uint64_t)json_integer_value(json_object_get(f, "job"));
-    if (!kind) {
-        /* ignore */
-    } else if (strcmp(kind, "started") == 0) {
+    memcpy(&h, data, sizeof h);
+    const char *text = data + sizeof h;
+    size_t tlen = len - sizeof h;
+    switch (h.kind) {
+    case FRAME_STARTED:
         if (p->queued > 0)
             p->queued--;
         k->running = true;
-        k->job = job;
+        k->job = h.job;
         if (p->ev.on_started)
-            p->ev.on_started(p->ud, job, k->pid);
-    } else if (strcmp(kind, "done") == 0 && k->running && job == k->job) {
-        k->running = false;
-        p->ev.on_outcome(p->ud, job, json_object_get(f, "outcome"));
-    } else if (strcmp(kind, "state") == 0) {
-        const char *st = json_string_value(json_object_get(f, "state"));
-        if (st)
-            p->ev.on_state(p->ud, job, st, json_object_get(f, "meta"));
+            p->ev.on_started(p->ud, h.job, k->pid);
+        break;
+    case FRAME_DONE:
+        if (k->running && h.job == k->job) {
+            k->running = false;
+            /* The outcome borrows the frame's text: on_outcome must not keep it. */
+            cel_outcome o = {.status = (cel_outcome_status)h.status,
+                             .meta = tlen ? (char *)text : NULL, .meta_len = tlen,
+                             .runtime = h.runtime, .countdown = h.countdown};
+            p->ev.on_outcome(p->ud, h.job, &o);
+        }
+        break;
+    case FRAME_STATE:
+        p->ev.on_state(p->ud, h.job, text, tlen);
+        break;
+    default:
+        cel_error("Pool process %d sent an unknown frame", (int)k->pid);
     }
-    json_decref(f);
 }
 
 static void read_child(cel_pool *p, child *k)

@@ -23,7 +23,7 @@
 #ifndef CELERIAC_POOL_H
 #define CELERIAC_POOL_H
 
-#include "worker/registry.h"
+#include "worker/exec.h"
 #include <jansson.h>
 #include <poll.h>
 #include <stdbool.h>
@@ -33,10 +33,10 @@
 typedef struct cel_pool cel_pool;
 
 typedef struct cel_pool_events {
-    /* The job finished; `outcome` is borrowed (see exec.h). */
-    void (*on_outcome)(void *ud, uint64_t job, json_t *outcome);
-    /* The task called cel_task_update_state; `meta` borrowed. */
-    void (*on_state)(void *ud, uint64_t job, const char *state, json_t *meta);
+    /* The job finished; `o` is borrowed (see exec.h). */
+    void (*on_outcome)(void *ud, uint64_t job, cel_outcome *o);
+    /* The task stored a custom state; `meta` is the record text. */
+    void (*on_state)(void *ud, uint64_t job, const char *meta, size_t len);
     /* The child running `job` died with wait status `status`. */
     void (*on_lost)(void *ud, uint64_t job, int status);
     /* A process (pid) took the job and is starting it. */
@@ -44,8 +44,8 @@ typedef struct cel_pool_events {
 } cel_pool_events;
 
 /* Starts the pool.  `processes` = 0 means solo.  Returns NULL with `err` set
- * on failure. `reg` must outlive the pool. */
-cel_pool *cel_pool_start(int processes, const cel_registry *reg,
+ * on failure.  `env` (and what it points to) must outlive the pool. */
+cel_pool *cel_pool_start(int processes, const cel_exec_env *env,
                          const cel_pool_events *ev, void *ud, char *err, size_t errlen);
 
 /* How many more jobs the pool takes now (idle processes plus the queue
@@ -54,9 +54,11 @@ int cel_pool_idle(const cel_pool *p);
 /* Jobs handed to the pool and not finished (queued or running). */
 int cel_pool_busy(const cel_pool *p);
 
-/* Hands `request` (borrowed) to an idle process as `job`.  Returns 0, or -1
- * when none is idle or the frame could not be built. */
-int cel_pool_submit(cel_pool *p, uint64_t job, json_t *request);
+/* Hands a message to the pool as `job`.  Prefork sends the raw envelope
+ * (`raw`, `len`) for a child to decode; solo runs `m` (parsed with its body)
+ * at once.  Returns 0, or -1 when the pool is full. */
+int cel_pool_submit(cel_pool *p, uint64_t job, const char *raw, size_t len,
+                    const cel_message *m);
 
 /* Adds the pool's descriptors to `fds` (at most `max`); returns how many. */
 int cel_pool_pollfds(cel_pool *p, struct pollfd *fds, int max);

@@ -62,6 +62,7 @@ typedef struct worker {
     cel_transport *tr;
     cel_backend *be;
     cel_pool *pool;
+    cel_exec_env env;     /* what pool processes need to run and record tasks */
     request **reqs;       /* held requests, in arrival order */
     size_t nreqs, capreqs;
     uint64_t next_job;
@@ -143,36 +144,22 @@ static void ack(worker *w, request *r)
 
 /* ---- results ---------------------------------------------------------- */
 
+/* Stores a record the parent itself decided (STARTED, NotRegistered,
+ * WorkerLostError, expired); task outcomes arrive as text from the pool. */
 static void store(worker *w, const cel_message *m, const char *status, json_t *result,
                   const char *traceback)
 {
     if (!w->be)
         return;
-    cel_result_rec rec = {
-        .task_id = m->id,
-        .status = status,
-        .result = result,
-        .traceback = traceback,
-        .group_id = m->group,
-        .parent_id = m->parent_id,
-        .reply_to = m->reply_to,
-        .name = m->task,
-        .args = m->args,
-        .kwargs = m->kwargs,
-        .worker = w->cfg->hostname,
-        .retries = m->retries,
-        .queue = m->routing_key,
-    };
-    cel_backend_store(w->be, &rec);
+    size_t len = 0;
+    char *text = cel_exec_record(&w->env, m, status, result, traceback, &len);
+    if (text)
+        cel_backend_store_raw(w->be, m->id, m->reply_to, text, len);
+    free(text);
     w->stores_pending++;
 }
 
-/* Celery's exception dict; steals `args`. */
-static json_t *exc_dict(const char *module, const char *type, json_t *args)
-{
-    return json_pack("{s:s, s:o, s:s}", "exc_type", type, "exc_message", args, "exc_module",
-                     module);
-}
+#define exc_dict cel_exc_dict
 
 static const char *signame(int sig)
 {
@@ -196,7 +183,16 @@ static const char *signame(int sig)
 
 static void publish_retry(worker *w, request *r, double countdown)
 {
-    const cel_message *m = &r->msg;
+    /* The parent kept only the headers; the retry needs the body too. */
+    cel_message full;
+    char err[256];
+    if (cel_message_parse_redis(r->d.raw, r->d.len, &full, err, sizeof err) != CEL_MSG_OK) {
+        cel_error("Task %s[%s] could not be re-published for retry: %s", r->msg.task,
+                  r->msg.id, err);
+        cel_message_clear(&full);
+        return;
+    }
+    const cel_message *m = &full;
     cel_message_spec s = {
         .task = m->task,
         .id = m->id,
@@ -222,84 +218,18 @@ static void publish_retry(worker *w, request *r, double countdown)
     if (!env || w->tr->ops->publish(w->tr, s.queue, s.priority, env, strlen(env)) < 0)
         cel_error("Task %s[%s] could not be re-published for retry", m->task, m->id);
     free(env);
+    cel_message_clear(&full);
 }
 
-static void finish(worker *w, request *r, json_t *outcome)
+/* A job is over: store what it produced, ack, forget the request. */
+static void finish(worker *w, request *r, cel_outcome *o)
 {
-    const cel_message *m = &r->msg;
-    const char *status = json_string_value(json_object_get(outcome, "status"));
-    json_t *rt = json_object_get(outcome, "runtime"); /* measured by the child */
-    double runtime = json_is_real(rt) ? json_real_value(rt) : cel_monotonic() - r->time_start;
     w->processed++;
-    if (status && strcmp(status, "SUCCESS") == 0) {
-        json_t *res = json_object_get(outcome, "result");
-        if (cel_log_get_level() <= CEL_LOG_INFO) {
-            char *txt = cel_pyrepr(res);
-            size_t tl = txt ? strlen(txt) : 0;
-            cel_info("Task %s[%s] succeeded in %.6fs: %.*s%s", m->task, m->id, runtime,
-                     tl > 200 ? 200 : (int)tl, txt ? txt : "", tl > 200 ? "..." : "");
-            free(txt);
-        }
-        if (!r->ignore_result)
-            store(w, m, "SUCCESS", res, NULL);
-    } else if (status && strcmp(status, "RETRY") == 0) {
-        double countdown = json_number_value(json_object_get(outcome, "countdown"));
-        int max = r->def && r->def->opts.max_retries != -1 ? r->def->opts.max_retries : 3;
-        if (countdown < 0)
-            countdown = r->def && r->def->opts.default_retry_delay > 0
-                            ? r->def->opts.default_retry_delay
-                            : 180;
-        if (max >= 0 && m->retries >= max) {
-            json_t *a = json_array();
-            char *msg = NULL;
-            if (asprintf(&msg, "Can't retry %s[%s] args:%s kwargs:%s", m->task, m->id,
-                         m->argsrepr ? m->argsrepr : "()",
-                         m->kwargsrepr ? m->kwargsrepr : "{}") >= 0) {
-                json_array_append_new(a, json_string(msg));
-                free(msg);
-            }
-            json_t *exc = exc_dict("celery.exceptions", "MaxRetriesExceededError", a);
-            a = NULL;
-            cel_error("Task %s[%s] raised unexpected: MaxRetriesExceededError", m->task, m->id);
-            store(w, m, "FAILURE", exc, "Traceback (most recent call last):\n"
-                                        "celery.exceptions.MaxRetriesExceededError\n");
-            json_decref(exc);
-            json_decref(a);
-        } else {
-            char msg[64];
-            snprintf(msg, sizeof msg, "Retry in %gs", countdown);
-            json_t *a = json_pack("[s]", msg);
-            json_t *exc = exc_dict("celery.exceptions", "Retry", a);
-            a = NULL;
-            publish_retry(w, r, countdown);
-            store(w, m, "RETRY", exc, NULL);
-            cel_info("Task %s[%s] retry: %s", m->task, m->id, msg);
-            json_decref(exc);
-            json_decref(a);
-        }
-    } else {
-        const char *type = json_string_value(json_object_get(outcome, "exc_type"));
-        const char *module = json_string_value(json_object_get(outcome, "exc_module"));
-        json_t *args = json_object_get(outcome, "exc_message");
-        const char *tb = json_string_value(json_object_get(outcome, "traceback"));
-        if (!type)
-            type = "Exception";
-        if (!module)
-            module = "builtins";
-        if (!json_is_array(args))
-            args = NULL;
-        json_t *exc = exc_dict(module, type, args ? json_incref(args) : json_array());
-        json_t *ea = json_object_get(exc, "exc_message");
-        char *a = json_array_size(ea) == 1 ? cel_pyrepr(json_array_get(ea, 0)) : cel_pyrepr_args(ea);
-        bool one = json_array_size(ea) == 1;
-        cel_error("Task %s[%s] raised unexpected: %s%s%s%s", m->task, m->id, type, one ? "(" : "",
-                  a ? a : "()", one ? ")" : "");
-        free(a);
-        /* Celery's store_errors_even_if_ignored defaults to False, so an
-         * ignored result stays ignored on failure too. */
-        if (!r->ignore_result)
-            store(w, m, "FAILURE", exc, tb);
-        json_decref(exc);
+    if (o->status == CEL_OUT_RETRY)
+        publish_retry(w, r, o->countdown);
+    if (o->meta && w->be) {
+        cel_backend_store_raw(w->be, r->msg.id, r->msg.reply_to, o->meta, o->meta_len);
+        w->stores_pending++;
     }
     ack(w, r); /* acks_late: after the outcome; otherwise already acked */
     drop_req(w, r);
@@ -324,20 +254,22 @@ static void pool_on_started(void *ud, uint64_t job, pid_t pid)
     }
 }
 
-static void pool_on_outcome(void *ud, uint64_t job, json_t *outcome)
+static void pool_on_outcome(void *ud, uint64_t job, cel_outcome *o)
 {
     worker *w = ud;
     request *r = find_req(w, job, NULL);
     if (r)
-        finish(w, r, outcome);
+        finish(w, r, o);
 }
 
-static void pool_on_state(void *ud, uint64_t job, const char *state, json_t *meta)
+static void pool_on_state(void *ud, uint64_t job, const char *meta, size_t len)
 {
     worker *w = ud;
     request *r = find_req(w, job, NULL);
-    if (r && !r->ignore_result)
-        store(w, &r->msg, state, meta, NULL);
+    if (r && w->be && !r->ignore_result) {
+        cel_backend_store_raw(w->be, r->msg.id, r->msg.reply_to, meta, len);
+        w->stores_pending++;
+    }
 }
 
 static void pool_on_lost(void *ud, uint64_t job, int status)
@@ -366,11 +298,15 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
                       "mark_as_worker_lost\nbilliard.exceptions.WorkerLostError: %s\n",
                  msg) < 0)
         tb = NULL;
-    json_t *o = cel_exec_failure("billiard.exceptions", "WorkerLostError",
-                                 json_pack("[s]", msg), tb);
+    json_t *exc = exc_dict("billiard.exceptions", "WorkerLostError", json_pack("[s]", msg));
+    cel_error("Task %s[%s] raised unexpected: WorkerLostError('%s')", r->msg.task, r->msg.id,
+              msg);
+    if (!r->ignore_result)
+        store(w, &r->msg, "FAILURE", exc, tb);
+    json_decref(exc);
     free(tb);
-    finish(w, r, o);
-    json_decref(o);
+    cel_outcome none = {.status = CEL_OUT_FAILURE};
+    finish(w, r, &none);
 }
 
 /* ---- receiving -------------------------------------------------------- */
@@ -385,7 +321,12 @@ static void receive(worker *w, cel_delivery *d)
     r->d = *d;
     memset(d, 0, sizeof *d);
     char err[256] = "";
-    cel_msg_status st = cel_message_parse_redis(r->d.raw, r->d.len, &r->msg, err, sizeof err);
+    /* Prefork: a pool process decodes the body (as Celery defers it to the
+     * pool); the parent reads the headers only. */
+    cel_msg_status st = w->cfg->pool == CEL_POOL_SOLO
+                            ? cel_message_parse_redis(r->d.raw, r->d.len, &r->msg, err, sizeof err)
+                            : cel_message_parse_redis_head(r->d.raw, r->d.len, &r->msg, err,
+                                                           sizeof err);
     cel_message *m = &r->msg;
     switch (st) {
     case CEL_MSG_OK:
@@ -418,16 +359,13 @@ static void receive(worker *w, cel_delivery *d)
                   "discarded.\n\nDid you remember to load the task module (-A)?",
                   m->task);
         json_t *exc = exc_dict("celery.exceptions", "NotRegistered", json_pack("[s]", m->task));
-        /* Celery stores no group/parent for this path (request is a Bunch). */
-        if (w->be) {
-            cel_result_rec rec = {.task_id = m->id, .status = "FAILURE", .result = exc,
-                                  .reply_to = m->reply_to, .name = m->task,
-                                  .args = m->args, .kwargs = m->kwargs,
-                                  .worker = w->cfg->hostname, .retries = m->retries,
-                                  .queue = m->routing_key};
-            cel_backend_store(w->be, &rec);
-            w->stores_pending++;
-        }
+        /* Celery stores no group/parent for this path (its request is a
+         * Bunch of name, root_id, reply_to, correlation_id). */
+        const char *group = m->group, *parent = m->parent_id;
+        m->group = m->parent_id = NULL;
+        store(w, m, "FAILURE", exc, NULL);
+        m->group = group;
+        m->parent_id = parent;
         json_decref(exc);
         goto drop_ack;
     }
@@ -498,11 +436,9 @@ static double dispatch(worker *w)
             drop_req(w, r);
             continue;
         }
-        json_t *req = cel_exec_request_new(&r->msg, w->cfg->hostname);
         size_t before = w->nreqs;
         r->state = REQ_SUBMITTED;
-        int rc = cel_pool_submit(w->pool, r->job, req);
-        json_decref(req);
+        int rc = cel_pool_submit(w->pool, r->job, r->d.raw, r->d.len, &r->msg);
         if (rc < 0) {
             r->state = REQ_RESERVED;
             i++;
@@ -653,9 +589,12 @@ int cel_worker_main(cel_config *cfg)
             goto out;
         }
     }
+    w->env = (cel_exec_env){.reg = w->reg, .hostname = cfg->hostname,
+                            .store_results = w->be != NULL, .extended = cfg->result_extended,
+                            .ignore_result = cfg->task_ignore_result};
     cel_pool_events ev = {pool_on_outcome, pool_on_state, pool_on_lost, pool_on_started};
     int procs = cfg->pool == CEL_POOL_SOLO ? 0 : cfg->concurrency;
-    w->pool = cel_pool_start(procs, w->reg, &ev, w, err, sizeof err);
+    w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
     if (!w->pool) {
         cel_crit("%s", err);
         goto out;

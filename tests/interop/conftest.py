@@ -1,0 +1,561 @@
+"""Interop test harness: a throwaway redis-server, and Python / celeriac workers.
+
+Every worker-facing test is parametrised over the worker kind ("python" = the
+real ``celery worker`` running examples/python/app.py, "celeriac" = the C
+worker with build/examples/libceleriac-examples.so).  The producer is always
+the unchanged Python Celery client (examples/python/app.py).
+
+Environment:
+  CELERIAC_BIN          worker binary (default <repo>/build/src/celeriac)
+  CELERIAC_EXAMPLES_SO  task module  (default <repo>/build/examples/libceleriac-examples.so)
+  CELERIAC_REQUIRE=1    a missing binary/module is an ERROR instead of a skip
+                        (tests/run.sh sets it, so CI never skips silently)
+  INTEROP_LOG_DIR       where worker/redis logs go (default: pytest's tmp dir)
+  INTEROP_TIMEOUT_SCALE multiply every timeout (e.g. 3 under sanitizers)
+
+Only one worker consumes the ``celery`` queue at any time: starting a worker of
+one kind stops every other worker first.
+"""
+
+import gc
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES_PY = REPO / "examples" / "python"
+PYTHON = "/usr/bin/python3"
+KINDS = ["python", "celeriac"]
+TIMEOUT_SCALE = float(os.environ.get("INTEROP_TIMEOUT_SCALE", "1") or "1")
+
+
+def scaled(seconds):
+    return seconds * TIMEOUT_SCALE
+
+
+# Bounds used by the tests (seconds).
+GET_TIMEOUT = scaled(20)
+READY_TIMEOUT = scaled(30)
+STOP_TIMEOUT = scaled(30)
+
+
+def _repo_path(env_name, default):
+    value = os.environ.get(env_name)
+    path = Path(value) if value else REPO / default
+    if not path.is_absolute():
+        path = REPO / path
+    return path
+
+
+CELERIAC_BIN = _repo_path("CELERIAC_BIN", "build/src/celeriac")
+CELERIAC_EXAMPLES_SO = _repo_path("CELERIAC_EXAMPLES_SO",
+                                  "build/examples/libceleriac-examples.so")
+REQUIRE_CELERIAC = os.environ.get("CELERIAC_REQUIRE", "") not in ("", "0")
+
+# The Python worker needs this to import app.py; make the producer side import it too.
+if str(EXAMPLES_PY) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES_PY))
+
+
+def celeriac_missing():
+    """None if the celeriac binary and task module exist, else a reason."""
+    missing = [str(p) for p in (CELERIAC_BIN, CELERIAC_EXAMPLES_SO) if not p.exists()]
+    if missing:
+        return "celeriac binary not built (missing: %s)" % ", ".join(missing)
+    if not os.access(CELERIAC_BIN, os.X_OK):
+        return "celeriac binary not executable: %s" % CELERIAC_BIN
+    return None
+
+
+def require_celeriac():
+    """Skip (or, with CELERIAC_REQUIRE=1, fail) when celeriac is not built."""
+    reason = celeriac_missing()
+    if reason:
+        if REQUIRE_CELERIAC:
+            pytest.fail(reason + " and CELERIAC_REQUIRE=1", pytrace=False)
+        pytest.skip(reason)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Poll predicate() until truthy; return its value or raise AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- redis
+
+class RedisServer:
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.proc = None
+        self.log_path = self.workdir / "redis.log"
+
+    def start(self):
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes"],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+        def pong():
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited: %s" % self.log_path.read_text())
+            try:
+                return self.client(0).ping()
+            except Exception:
+                return False
+
+        wait_until(pong, 15, what="redis-server on port %d" % self.port)
+        return self
+
+    def url(self, db):
+        return "redis://127.0.0.1:%d/%d" % (self.port, db)
+
+    def client(self, db=0):
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db,
+                           socket_timeout=10, socket_connect_timeout=5)
+
+    def flush(self):
+        for db in (0, 1):
+            self.client(db).flushdb()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+# --------------------------------------------------------------------------- workers
+
+READY_RE = re.compile(rb"@\S+ ready\.")
+SANITIZER_RE = re.compile(
+    r"ERROR: (Address|Leak|Memory|Thread)Sanitizer|runtime error:|"
+    r"SUMMARY: (Address|Leak|UndefinedBehavior)Sanitizer")
+
+
+def _group_members(pgid):
+    """Live (non-zombie) processes in process group pgid."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...
+        rest = stat[stat.rfind(")") + 2:].split()
+        if len(rest) > 2 and rest[0] != "Z" and int(rest[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+class Worker:
+    """One worker process (its own session/process group), logging to a file."""
+
+    def __init__(self, kind, name, argv, env, cwd, log_path):
+        self.kind = kind
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.log_path = Path(log_path)
+        self.proc = None
+        self.returncode = None
+
+    def __repr__(self):
+        return "<%s worker %s pid=%s>" % (self.kind, self.name, self.proc and self.proc.pid)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def start(self, ready_timeout=READY_TIMEOUT):
+        start = self.log_size()
+        with open(self.log_path, "ab") as log:
+            log.write(("### %s\n" % " ".join(self.argv)).encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("%r exited with %s before it was ready:\n%s"
+                                     % (self, self.proc.returncode, self.log_text()[-8000:]))
+            return READY_RE.search(self.log_path.read_bytes(), start)
+
+        try:
+            wait_until(ready, ready_timeout, what="%r to log 'ready.'" % self)
+        except AssertionError:
+            self.kill()
+            raise
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_size(self):
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_text(self, offset=0):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout):
+        self.returncode = self.proc.wait(timeout)
+        return self.returncode
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Warm shutdown; returns the exit code (kills the group on timeout)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError("%r did not exit within %.0fs of signal %s"
+                                     % (self, timeout, sig))
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def kill(self):
+        """SIGKILL the whole process group (worker and its pool children)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.returncode = self.proc.returncode
+
+    def leftover_processes(self, timeout=scaled(5)):
+        """Processes of this worker's group still alive after the main one exited."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = _group_members(self.proc.pid)
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.05)
+
+    def sanitizer_reports(self, offset=0):
+        text = self.log_text(offset)
+        return [line for line in text.splitlines() if SANITIZER_RE.search(line)]
+
+
+class WorkerManager:
+    """Starts workers; guarantees a single consumer at a time."""
+
+    def __init__(self, redis_server, log_dir):
+        self.redis = redis_server
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.workers = []
+        self.shared = {}
+        self.counter = 0
+        self.problems = []
+
+    def base_env(self, extra=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+        env["CELERY_BROKER_URL"] = self.redis.url(0)
+        env["CELERY_RESULT_BACKEND"] = self.redis.url(1)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.setdefault("LC_ALL", "C.UTF-8")
+        if extra:
+            env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def make(self, kind, env=None, args=(), concurrency=2, tag=None, cwd=None,
+             broker_args=True):
+        self.counter += 1
+        name = "%s%d" % ("py" if kind == "python" else "c", self.counter)
+        if tag:
+            name += "-" + tag
+        log_path = self.log_dir / ("%s.log" % name)
+        wenv = self.base_env(env)
+        if kind == "python":
+            wenv["PYTHONPATH"] = str(EXAMPLES_PY) + (
+                os.pathsep + wenv["PYTHONPATH"] if wenv.get("PYTHONPATH") else "")
+            argv = [PYTHON, "-m", "celery", "-A", "app", "worker", "-P", "prefork",
+                    "-c", str(concurrency), "-l", "info", "-Q", "celery",
+                    "-n", name + "@%h", "--without-mingle", "--without-gossip"]
+            cwd = str(EXAMPLES_PY)
+        elif kind == "celeriac":
+            require_celeriac()
+            argv = [str(CELERIAC_BIN), "worker", "-A", str(CELERIAC_EXAMPLES_SO)]
+            if broker_args:
+                argv += ["-b", self.redis.url(0), "--result-backend", self.redis.url(1)]
+            else:
+                del wenv["CELERY_BROKER_URL"], wenv["CELERY_RESULT_BACKEND"]
+            argv += ["-Q", "celery", "-c", str(concurrency), "-n", name + "@%h", "-l", "info"]
+            # A cwd of its own, so a stray .env in the repo cannot leak in.
+            cwd = cwd or tempfile.mkdtemp(prefix=name + "-", dir=str(self.log_dir))
+        else:
+            raise ValueError(kind)
+        return Worker(kind, name, argv + list(args), wenv, cwd, log_path)
+
+    def start(self, kind, **kw):
+        """Start a dedicated worker (stops every other running worker first)."""
+        self.stop_all()
+        worker = self.make(kind, **kw)
+        self.workers.append(worker)
+        return worker.start()
+
+    def shared_worker(self, kind):
+        """The long-lived default worker of this kind (restarted if it died)."""
+        worker = self.shared.get(kind)
+        if worker is not None and worker.alive():
+            return worker
+        worker = self.start(kind, tag="shared")
+        self.shared[kind] = worker
+        return worker
+
+    def stop_all(self):
+        """Stop every running worker; problems are kept for the end-of-session report."""
+        for worker in self.workers:
+            if worker.alive():
+                self.problems += self.stop_checked(worker)
+
+    def stop_checked(self, worker):
+        """Stop a worker with SIGTERM and list what went wrong (exit code, leftovers, sanitizer)."""
+        problems = []
+        try:
+            rc = worker.stop()
+            if rc != 0:
+                problems.append("%r exited with %s on SIGTERM" % (worker, rc))
+            left = worker.leftover_processes()
+            if left:
+                problems.append("%r left processes running after exit: %s" % (worker, left))
+        except AssertionError as exc:
+            problems.append(str(exc))
+        worker.kill()  # make sure nothing of this group survives
+        problems += ["%r sanitizer: %s" % (worker, line) for line in worker.sanitizer_reports()]
+        return problems
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory):
+    d = os.environ.get("INTEROP_LOG_DIR")
+    path = Path(d) if d else tmp_path_factory.mktemp("interop-logs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(log_dir):
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="redis-", dir=str(log_dir))))
+    server.start()
+    # The producer app reads these at import time.
+    os.environ["CELERY_BROKER_URL"] = server.url(0)
+    os.environ["CELERY_RESULT_BACKEND"] = server.url(1)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_app(redis_server):
+    """examples/python/app.py as the producer, pointed at the test Redis."""
+    import app as app_module
+    app_module.app.conf.update(broker_url=redis_server.url(0),
+                               result_backend=redis_server.url(1))
+    yield app_module
+    # AsyncResult.__del__ unsubscribes through the backend; once redis-server is
+    # gone that only prints noise at interpreter exit, so make it a no-op.
+    gc.collect()
+    consumer = getattr(app_module.app.backend, "result_consumer", None)
+    if consumer is not None:
+        consumer.cancel_for = lambda *args, **kwargs: None
+
+
+@pytest.fixture(scope="session")
+def workers(redis_server, log_dir):
+    manager = WorkerManager(redis_server, log_dir)
+    yield manager
+    manager.stop_all()
+    for worker in manager.workers:
+        worker.kill()
+    if manager.problems:
+        pytest.fail("worker shutdown problems (logs in %s):\n%s"
+                    % (log_dir, "\n".join(manager.problems)), pytrace=False)
+
+
+@pytest.fixture(scope="session", params=KINDS)
+def worker_kind(request):
+    """The worker implementation under test (session-scoped so pytest groups tests by kind)."""
+    return request.param
+
+
+@pytest.fixture
+def kind(worker_kind):
+    """worker_kind, skipping/failing celeriac params when the binary is absent."""
+    if worker_kind == "celeriac":
+        require_celeriac()
+    return worker_kind
+
+
+def _track(request, worker, offset=0):
+    tracked = getattr(request.node, "_interop_workers", None)
+    if tracked is None:
+        tracked = request.node._interop_workers = []
+    tracked.append((worker, offset))
+
+
+@pytest.fixture
+def clean_redis(redis_server):
+    redis_server.flush()
+    return redis_server
+
+
+@pytest.fixture
+def worker(request, kind, workers, clean_redis):
+    """The shared worker of the current kind, running, on freshly flushed Redis dbs."""
+    w = workers.shared_worker(kind)
+    offset = w.log_size()
+    _track(request, w, offset)
+    yield w
+    problems = ["sanitizer: " + line for line in w.sanitizer_reports(offset)]
+    if not w.alive():
+        problems.insert(0, "%r died during the test (exit status %s)" % (w, w.proc.returncode))
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def start_worker(request, workers, clean_redis):
+    """Factory for dedicated workers: start_worker(kind, env={...}, args=[...]).
+
+    Every other worker is stopped before the test body runs, so nothing consumes
+    what the test pushes before its own worker starts.
+    """
+    workers.stop_all()
+    started = []
+
+    def start(kind, **kw):
+        w = workers.start(kind, **kw)
+        started.append(w)
+        _track(request, w)
+        return w
+
+    yield start
+    problems = []
+    for w in started:
+        if w.alive():
+            problems += workers.stop_checked(w)
+        else:
+            w.kill()
+            problems += ["%r sanitizer: %s" % (w, line) for line in w.sanitizer_reports()]
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+class Differential:
+    """Python's observed values, so celeriac's can be compared to them.
+
+    Tests are grouped by worker kind, python first, so by the time a celeriac
+    test runs the python value of the same case has been recorded.
+    """
+
+    def __init__(self):
+        self.observed = {}
+
+    def check(self, kind, key, value):
+        if kind == "python":
+            self.observed[key] = value
+            return
+        if key not in self.observed:
+            # Only when python params were deselected (-k): expected-value
+            # assertions in the test still ran.
+            return
+        ref = self.observed[key]
+        assert strict_equal(value, ref), (
+            "celeriac differs from the Python worker for %s:\n  celeriac: %r\n  python:   %r"
+            % (key, value, ref))
+
+
+@pytest.fixture(scope="session")
+def differential():
+    return Differential()
+
+
+def strict_equal(a, b):
+    """Equality that also distinguishes int/float/bool and list/dict shapes."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(strict_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(strict_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and a != a:
+        return b != b
+    return a == b
+
+
+# --------------------------------------------------------------------------- reporting
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for w, offset in getattr(item, "_interop_workers", []):
+            text = w.log_text(offset)
+            if len(text) > 30000:
+                text = "[... %d bytes cut ...]\n" % (len(text) - 30000) + text[-30000:]
+            rep.sections.append(("worker log %s (%s, %s)" % (w.name, w.kind, w.log_path), text))
+
+
+def pytest_report_header(config):
+    reason = celeriac_missing()
+    return ["celeriac: %s" % (reason or "%s + %s" % (CELERIAC_BIN, CELERIAC_EXAMPLES_SO)),
+            "CELERIAC_REQUIRE=%s" % ("1" if REQUIRE_CELERIAC else "0")]

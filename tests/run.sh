@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The test command: packages, build, C unit tests, Python interop suite, then the
+# same again with AddressSanitizer + UBSan.  Exits non-zero if anything failed.
+#
+#   bash tests/run.sh              everything
+#   SKIP_ASAN=1 bash tests/run.sh  without the sanitizer pass
+#   PYTEST_ARGS="-k crash" bash tests/run.sh   extra pytest arguments
+#
+# Logs: build-logs/ (ignored by git); interop worker logs under build-logs/interop-*/.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+# shellcheck source=tests/lib.sh
+. "$ROOT/tests/lib.sh"
+
+LOGS=$ROOT/build-logs
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+
+SUMMARY=()
+FAILED=0
+
+# run_step NAME KIND(build|meson|pytest) LOG CMD...
+run_step() {
+    local name=$1 kind=$2 log=$3 rc line status
+    shift 3
+    echo
+    echo "==> $name"
+    "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    case $kind in
+        meson)
+            line=$(grep -E '^(Ok|Expected Fail|Fail|Unexpected Pass|Skipped|Timeout): ' "$log" |
+                   tr -s ' ' | paste -sd ' ' -)
+            [ -n "$line" ] || line=$(grep -v '^\s*$' "$log" | tail -n 1)
+            ;;
+        pytest)
+            line=$(grep -E '^=+ .*(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s' \
+                   "$log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
+            ;;
+        *) line="" ;;
+    esac
+    if [ "$rc" -eq 0 ]; then status=PASS; else status="FAIL (exit $rc)"; FAILED=1; fi
+    SUMMARY+=("$(printf '%-16s %-28s %s' "$status" "$name" "$line")")
+    return "$rc"
+}
+
+skip_step() {
+    SUMMARY+=("$(printf '%-16s %-28s %s' "NOT RUN" "$1" "$2")")
+    FAILED=1
+}
+
+interop() {
+    # interop BUILD_DIR LOG_DIR [extra env...]
+    local dir=$1 logdir=$2
+    shift 2
+    env "$@" \
+        CELERIAC_BIN="$ROOT/$dir/src/celeriac" \
+        CELERIAC_EXAMPLES_SO="$ROOT/$dir/examples/libceleriac-examples.so" \
+        CELERIAC_REQUIRE=1 \
+        INTEROP_LOG_DIR="$logdir" \
+        "$CELERIAC_PYTHON" -m pytest "$ROOT/tests/interop" -v -rfEs -p no:cacheprovider \
+        ${PYTEST_ARGS:-}
+}
+
+# (a) packages
+if ! run_step "packages" build "$LOGS/packages.log" ensure_packages; then
+    echo "cannot continue without the packages" >&2
+fi
+
+# (b)+(c) plain build
+if run_step "build" build "$LOGS/build.log" build_tree build; then
+    run_step "meson test" meson "$LOGS/meson-test.log" \
+        meson test -C build --print-errorlogs
+    run_step "interop" pytest "$LOGS/interop.log" \
+        interop build "$LOGS/interop-build"
+else
+    skip_step "meson test" "build failed"
+    skip_step "interop" "build failed"
+fi
+
+# (d) sanitizers
+if [ -n "${SKIP_ASAN:-}" ]; then
+    SUMMARY+=("$(printf '%-16s %-28s %s' "SKIPPED" "asan" "SKIP_ASAN is set")")
+else
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:handle_segv=0:abort_on_error=0}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+    if run_step "build (asan)" build "$LOGS/build-asan.log" \
+        build_tree build-asan -Db_sanitize=address,undefined -Db_lundef=false; then
+        run_step "meson test (asan)" meson "$LOGS/meson-test-asan.log" \
+            meson test -C build-asan --print-errorlogs
+        run_step "interop (asan)" pytest "$LOGS/interop-asan.log" \
+            interop build-asan "$LOGS/interop-asan" INTEROP_TIMEOUT_SCALE=3
+    else
+        skip_step "meson test (asan)" "asan build failed"
+        skip_step "interop (asan)" "asan build failed"
+    fi
+fi
+
+echo
+echo "==> Summary (logs in $LOGS)"
+printf '%s\n' "${SUMMARY[@]}"
+if [ "$FAILED" -ne 0 ]; then
+    echo "tests/run.sh: FAILED"
+    exit 1
+fi
+echo "tests/run.sh: all passed"
