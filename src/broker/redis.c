@@ -32,21 +32,40 @@
 
 #define SEP "\x06\x16"
 
-/* Kombu writes `properties` last and `delivery_tag` last in it, so the tag,
- * exchange and routing key sit in the envelope's tail: read them from there
- * with a pattern (the hot path), and decode the whole envelope with cjson
- * only when the tail is not in kombu's shape. */
+/* KEYS: unacked, unacked_index, then the queue lists in priority order.
+ * ARGV: max, now, n_acks, ack tags..., [popped message, its key].
+ *
+ * Acks first (kombu's ZREM unacked_index + HDEL unacked), then up to `max`
+ * messages are popped and recorded.  Kombu writes `properties` last and
+ * `delivery_tag` last in it, so tag, exchange and routing key are found with
+ * plain searches near the envelope's end (the hot path); anything not in that
+ * shape is decoded with cjson. */
 static const char FETCH_LUA[] =
     "local max = tonumber(ARGV[1])\n"
     "local now = ARGV[2]\n"
+    "local nacks = tonumber(ARGV[3])\n"
+    "if nacks > 0 then\n"
+    "  local tags = {unpack(ARGV, 4, 3 + nacks)}\n"
+    "  redis.call('ZREM', KEYS[2], unpack(tags))\n"
+    "  redis.call('HDEL', KEYS[1], unpack(tags))\n"
+    "end\n"
     "local out = {}\n"
+    "local find, sub = string.find, string.sub\n"
+    "local function plain(s) return not find(s, '[\"\\\\%c]') end\n"
     "local function fields(m)\n"
-    "  local tail = string.sub(m, -1024)\n"
-    "  local tag = string.match(tail, '\"delivery_tag\": \"([%w%-]+)\"}}$')\n"
-    "  if tag then\n"
-    "    local ex, rk = string.match(tail, '\"delivery_info\": {\"exchange\": \"([^\"\\\\]*)\", "
-    "\"routing_key\": \"([^\"\\\\]*)\"}')\n"
-    "    if ex then return tag, ex, rk end\n"
+    "  local n = #m\n"
+    "  if sub(m, n - 2) == '\"}}' then\n"
+    "    local i = find(m, '\"delivery_tag\": \"', math.max(1, n - 80), true)\n"
+    "    local j = find(m, '\"delivery_info\": {\"exchange\": \"', math.max(1, n - 1024), true)\n"
+    "    if i and j then\n"
+    "      local tag = sub(m, i + 17, n - 3)\n"
+    "      local k = find(m, '\", \"routing_key\": \"', j + 31, true)\n"
+    "      local l = k and find(m, '\"}', k + 19, true)\n"
+    "      if l and plain(tag) then\n"
+    "        local ex, rk = sub(m, j + 31, k - 1), sub(m, k + 19, l - 1)\n"
+    "        if plain(ex) and plain(rk) then return tag, '\"' .. ex .. '\"', '\"' .. rk .. '\"' end\n"
+    "      end\n"
+    "    end\n"
     "  end\n"
     "  local ok, env = pcall(cjson.decode, m)\n"
     "  if not (ok and type(env) == 'table' and type(env['properties']) == 'table') then return nil end\n"
@@ -58,19 +77,19 @@ static const char FETCH_LUA[] =
     "    if type(di['exchange']) == 'string' then ex = di['exchange'] end\n"
     "    if type(di['routing_key']) == 'string' then rk = di['routing_key'] end\n"
     "  end\n"
-    "  return p['delivery_tag'], ex, rk\n"
+    "  return p['delivery_tag'], cjson.encode(ex), cjson.encode(rk)\n"
     "end\n"
     "local function track(key, m)\n"
     "  local tag, ex, rk = fields(m)\n"
     "  if tag then\n"
     "    redis.call('ZADD', KEYS[2], now, tag)\n"
-    "    redis.call('HSET', KEYS[1], tag, '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' "
-    ".. cjson.encode(rk) .. ']')\n"
+    "    redis.call('HSET', KEYS[1], tag, '[' .. m .. ', ' .. ex .. ', ' .. rk .. ']')\n"
     "  end\n"
     "  out[#out + 1] = key\n"
     "  out[#out + 1] = m\n"
     "end\n"
-    "if ARGV[3] then track(ARGV[4], ARGV[3]) end\n"
+    "local extra = 4 + nacks\n"
+    "if ARGV[extra] then track(ARGV[extra + 1], ARGV[extra]) end\n"
     "for i = 3, #KEYS do\n"
     "  while #out < 2 * max do\n"
     "    local m = redis.call('RPOP', KEYS[i])\n"
@@ -103,6 +122,7 @@ typedef struct redis_transport {
     bool waiting;
     char **queues;      /* consumed queues, rotated for fairness */
     int nqueues;
+    char **keys;        /* their list keys, priority-major (4 * nqueues) */
     cel_rscript fetch, restore, unlock;
     char **acks;        /* queued ack tags */
     size_t nacks, capacks;
@@ -144,6 +164,23 @@ static char *key_queue(const char *key, size_t len)
     return strndup(key, n);
 }
 
+/* (Re)builds the cached list keys after the queue order changed. */
+static void build_keys(redis_transport *t)
+{
+    for (int i = 0; t->keys && i < 4 * t->nqueues; i++)
+        free(t->keys[i]);
+    free(t->keys);
+    t->keys = calloc((size_t)(4 * t->nqueues) + 1, sizeof *t->keys);
+    if (!t->keys)
+        abort(); /* start-up sized; nothing sensible to do without it */
+    for (int step = 0; step < 4; step++)
+        for (int q = 0; q < t->nqueues; q++) {
+            t->keys[step * t->nqueues + q] = queue_key(t->queues[q], step);
+            if (!t->keys[step * t->nqueues + q])
+                abort();
+        }
+}
+
 static int reconnect_cmd(redis_transport *t)
 {
     if (t->cmd && !t->cmd->err)
@@ -162,9 +199,6 @@ static int reconnect_cmd(redis_transport *t)
         cel_info("broker: reconnected");
     return 0;
 }
-
-static int append_acks(redis_transport *t);
-static int read_acks(redis_transport *t, int replies);
 
 static int parse_fetch_reply(redisReply *r, cel_delivery *out, int max)
 {
@@ -189,39 +223,40 @@ static int parse_fetch_reply(redisReply *r, cel_delivery *out, int max)
     return n;
 }
 
-/* Runs FETCH_LUA; `popped`/`popped_key` is a message BRPOP already took. */
+/* Runs FETCH_LUA: sends the queued acks and takes up to `max` messages;
+ * `popped`/`popped_key` is a message BRPOP already took.  Acks are forgotten
+ * only once the script ran, so a broken connection resends them. */
 static int run_fetch(redis_transport *t, int max, cel_delivery *out, const char *popped,
                      size_t popped_len, const char *popped_key, size_t popped_key_len)
 {
     int nkeys = 2 + 4 * t->nqueues;
-    const char **argv = calloc((size_t)nkeys + 4, sizeof *argv);
-    size_t *lens = calloc((size_t)nkeys + 4, sizeof *lens);
-    char **owned = calloc((size_t)nkeys, sizeof *owned);
+    size_t cap = (size_t)nkeys + 5 + t->nacks;
+    const char **argv = calloc(cap, sizeof *argv);
+    size_t *lens = calloc(cap, sizeof *lens);
     int rc = -1;
-    if (!argv || !lens || !owned)
+    if (!argv || !lens)
         goto done;
     argv[0] = "unacked";
     argv[1] = "unacked_index";
     int k = 2;
     /* Priority-major order, as kombu's BRPOP lists the keys. */
     for (int step = 0; step < 4; step++)
-        for (int q = 0; q < t->nqueues; q++) {
-            owned[k] = queue_key(t->queues[q], step);
-            if (!owned[k])
-                goto done;
-            argv[k] = owned[k];
-            k++;
-        }
+        for (int q = 0; q < t->nqueues; q++)
+            argv[k++] = t->keys[step * t->nqueues + q];
     for (int i = 0; i < k; i++)
         lens[i] = strlen(argv[i]);
-    char maxs[16], now[32];
+    char maxs[16], now[32], nacks[16];
     snprintf(maxs, sizeof maxs, "%d", max);
     snprintf(now, sizeof now, "%.6f", cel_now());
+    snprintf(nacks, sizeof nacks, "%zu", t->nacks);
     int argc = k;
-    argv[argc] = maxs;
-    lens[argc++] = strlen(maxs);
-    argv[argc] = now;
-    lens[argc++] = strlen(now);
+    argv[argc++] = maxs;
+    argv[argc++] = now;
+    argv[argc++] = nacks;
+    for (size_t i = 0; i < t->nacks; i++)
+        argv[argc++] = t->acks[i];
+    for (int i = k; i < argc; i++)
+        lens[i] = strlen(argv[i]);
     if (popped) {
         argv[argc] = popped;
         lens[argc++] = popped_len;
@@ -230,21 +265,9 @@ static int run_fetch(redis_transport *t, int max, cel_delivery *out, const char 
     }
     if (reconnect_cmd(t) < 0)
         goto done;
-    /* Queued acks travel in the same round trip as the fetch. */
-    if (!t->fetch.sha[0] && cel_rscript_load(t->cmd, &t->fetch) < 0)
-        goto done;
-    int ackreplies = append_acks(t);
-    redisReply *r = NULL;
-    if (cel_rscript_append(t->cmd, &t->fetch, k, argc, argv, lens) == 0 &&
-        read_acks(t, ackreplies) == 0 && redisGetReply(t->cmd, (void **)&r) == REDIS_OK &&
-        r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
-        freeReplyObject(r);
-        t->fetch.sha[0] = 0;
-        r = cel_rscript_call(t->cmd, &t->fetch, k, argc, argv, lens);
-    }
+    redisReply *r = cel_rscript_call(t->cmd, &t->fetch, k, argc, argv, lens);
     if (!r) {
-        /* The pipeline is out of step now: start over on a new connection. */
-        cel_error("broker: fetch failed: %s", t->cmd->err ? t->cmd->errstr : "pipeline error");
+        cel_error("broker: fetch failed: %s", t->cmd->err ? t->cmd->errstr : "out of memory");
         redisFree(t->cmd);
         t->cmd = NULL;
         goto done;
@@ -254,7 +277,10 @@ static int run_fetch(redis_transport *t, int max, cel_delivery *out, const char 
         freeReplyObject(r);
         goto done;
     }
-    rc = parse_fetch_reply(r, out, max + (popped ? 1 : 0));
+    for (size_t i = 0; i < t->nacks; i++)
+        free(t->acks[i]);
+    t->nacks = 0;
+    rc = out ? parse_fetch_reply(r, out, max + (popped ? 1 : 0)) : 0;
     freeReplyObject(r);
     /* Round robin: the queue that delivered goes to the end. */
     if (rc > 0 && t->nqueues > 1) {
@@ -264,15 +290,12 @@ static int run_fetch(redis_transport *t, int max, cel_delivery *out, const char 
                 memmove(&t->queues[q], &t->queues[q + 1],
                         (size_t)(t->nqueues - q - 1) * sizeof(char *));
                 t->queues[t->nqueues - 1] = first;
+                build_keys(t);
                 break;
             }
         }
     }
 done:
-    if (owned)
-        for (int i = 0; i < nkeys; i++)
-            free(owned[i]);
-    free(owned);
     free(argv);
     free(lens);
     return rc;
@@ -303,20 +326,13 @@ static int rt_wait_start(cel_transport *base, double timeout_s)
     }
     int nkeys = 4 * t->nqueues;
     const char **argv = calloc((size_t)nkeys + 2, sizeof *argv);
-    char **owned = calloc((size_t)nkeys, sizeof *owned);
     int fd = -1;
-    if (!argv || !owned)
+    if (!argv)
         goto done;
     argv[0] = "BRPOP";
-    int k = 0;
-    for (int step = 0; step < 4; step++)
-        for (int q = 0; q < t->nqueues; q++) {
-            owned[k] = queue_key(t->queues[q], step);
-            if (!owned[k])
-                goto done;
-            argv[1 + k] = owned[k];
-            k++;
-        }
+    int k = nkeys;
+    for (int i = 0; i < nkeys; i++)
+        argv[1 + i] = t->keys[i];
     char to[16];
     snprintf(to, sizeof to, "%d", timeout_s < 1 ? 1 : (int)timeout_s);
     argv[1 + k] = to;
@@ -329,10 +345,6 @@ static int rt_wait_start(cel_transport *base, double timeout_s)
     t->waiting = true;
     fd = t->blk->fd;
 done:
-    if (owned)
-        for (int i = 0; i < nkeys; i++)
-            free(owned[i]);
-    free(owned);
     free(argv);
     return fd;
 }
@@ -412,67 +424,17 @@ static int rt_ack(cel_transport *base, const char *tag)
     return 0;
 }
 
-/* Appends kombu's ack — ZREM unacked_index + HDEL unacked, batched in one
- * MULTI — for every queued tag.  Returns the number of replies to read. */
-static int append_acks(redis_transport *t)
-{
-    size_t n = t->nacks;
-    if (!n)
-        return 0;
-    const char **za = malloc((n + 2) * sizeof *za);
-    const char **ha = malloc((n + 2) * sizeof *ha);
-    int rc = -1;
-    if (za && ha) {
-        za[0] = "ZREM";
-        za[1] = "unacked_index";
-        ha[0] = "HDEL";
-        ha[1] = "unacked";
-        for (size_t i = 0; i < n; i++)
-            za[i + 2] = ha[i + 2] = t->acks[i];
-        redisAppendCommand(t->cmd, "MULTI");
-        redisAppendCommandArgv(t->cmd, (int)n + 2, za, NULL);
-        redisAppendCommandArgv(t->cmd, (int)n + 2, ha, NULL);
-        redisAppendCommand(t->cmd, "EXEC");
-        rc = 4;
-    }
-    free(za);
-    free(ha);
-    return rc;
-}
-
-/* Reads the replies of append_acks and forgets the tags. */
-static int read_acks(redis_transport *t, int replies)
-{
-    int rc = replies < 0 ? -1 : 0;
-    for (int i = 0; i < replies; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(t->cmd, (void **)&r) != REDIS_OK) {
-            rc = -1;
-            break;
-        }
-        if (r->type == REDIS_REPLY_ERROR) {
-            cel_error("broker: ack failed: %s", r->str);
-            rc = -1;
-        }
-        freeReplyObject(r);
-    }
-    if (rc < 0)
-        cel_error("broker: %zu ack(s) not sent; the messages will be redelivered after the "
-                  "visibility timeout", t->nacks);
-    for (size_t i = 0; i < t->nacks; i++)
-        free(t->acks[i]);
-    t->nacks = 0;
-    return rc;
-}
-
 static int rt_flush(cel_transport *base)
 {
     redis_transport *t = (redis_transport *)base;
     if (!t->nacks)
         return 0;
-    if (reconnect_cmd(t) < 0)
-        return read_acks(t, -1);
-    return read_acks(t, append_acks(t));
+    if (run_fetch(t, 0, NULL, NULL, 0, NULL, 0) < 0) {
+        cel_error("broker: %zu ack(s) not sent yet; retrying with the next round trip",
+                  t->nacks);
+        return -1;
+    }
+    return 0;
 }
 
 /* Queues that a message published to (exchange, routing_key) reaches, as
@@ -659,6 +621,9 @@ static void rt_close(cel_transport *base)
     if (t->blk)
         redisFree(t->blk);
     cel_strv_free(t->queues);
+    cel_strv_free(t->keys);
+    for (size_t i = 0; i < t->nacks; i++)
+        free(t->acks[i]);
     free(t->acks);
     cel_url_free(&t->url);
     free(t);
@@ -713,6 +678,7 @@ cel_transport *cel_redis_transport_open(const cel_url *u, const cel_config *cfg,
             freeReplyObject(r);
         }
         t->nqueues = (int)nq;
+        build_keys(t);
     }
     return &t->base;
 fail:

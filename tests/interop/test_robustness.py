@@ -217,3 +217,31 @@ def test_kill9_acks_late_recovers(start_worker, kind, restart_kind, celery_app, 
     assert values == [2, 2, 2, 2]
     assert all(r.state == "SUCCESS" for r in results)
     assert wait_queue_drained(r0, scaled(10)) == {}
+
+
+# --------------------------------------------------------------------------- ack emulation
+
+@pytest.mark.parametrize("route", ["default-exchange", "celery-exchange"])
+def test_unacked_entry_is_what_kombu_writes(start_worker, kind, celery_app, redis_server,
+                                            route):
+    """A held acks_late message is recorded in `unacked` exactly as kombu's QoS.append
+    writes it: json.dumps([envelope, exchange, routing_key]), and indexed in
+    `unacked_index` by delivery tag (contract 2.4)."""
+    r0 = redis_server.client(0)
+    options = {"exchange": "celery", "routing_key": "celery"} if route == "celery-exchange" else {}
+    # Routing through the named exchange needs the binding a consumer declares; the
+    # producer's own declaration is cached and not repeated after a flush.
+    r0.sadd("_kombu.binding.celery", "celery\x06\x16\x06\x16celery")
+    result = send(celery_app, "apply_async", "examples.sleep", [3], **options)
+    raw = r0.lindex("celery", 0)
+    assert raw is not None, "the producer's message is not on the queue"
+    env = json.loads(raw)
+    tag = env["properties"]["delivery_tag"]
+    di = env["properties"]["delivery_info"]
+    start_worker(kind, env=ACKS_LATE_ENV)
+    wait_until(lambda: r0.hexists("unacked", tag), GET_TIMEOUT, what="message held in unacked")
+    stored = r0.hget("unacked", tag).decode()
+    assert stored == json.dumps([env, di["exchange"], di["routing_key"]])
+    assert r0.zscore("unacked_index", tag) is not None
+    assert result.get(timeout=GET_TIMEOUT) == 3
+    wait_until(lambda: not r0.hexists("unacked", tag), GET_TIMEOUT, what="ack")
