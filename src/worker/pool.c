@@ -295,9 +295,11 @@ int cel_pool_idle(const cel_pool *p)
 {
     if (p->n == 0)
         return 1;
-    /* Every process plus one queued job each, so a child that finishes
-     * finds work at once. */
-    int room = 2 * p->n - running_count(p) - p->queued;
+    /* Four jobs per process (Celery's default prefetch multiplier): while
+     * the parent waits on a Redis round trip the children still find work
+     * in the queue.  Only idle children read it, so no job waits behind a
+     * long task. */
+    int room = 4 * p->n - running_count(p) - p->queued;
     return room > 0 ? room : 0;
 }
 

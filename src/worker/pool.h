@@ -5,7 +5,7 @@
  * when, it is idle: the kernel hands each datagram to exactly one reader, so
  * a job always goes to a free process (Celery's -Ofair) and a child that
  * finishes a job finds the next one waiting without a round trip through the
- * parent.  The parent keeps at most `processes` extra jobs in that socket;
+ * parent.  The parent keeps at most four jobs per process in that socket;
  * the rest stay in the worker's memory (revocable, restorable).
  *
  * Each child reports on its own SOCK_STREAM socket: a `started` frame when it
