@@ -209,15 +209,14 @@ static int parse_fetch_reply(redisReply *r, cel_delivery *out, int max)
         redisReply *k = r->element[i], *m = r->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || m->type != REDIS_REPLY_STRING)
             continue;
-        out[n].raw = malloc(m->len + 1);
         out[n].queue = key_queue(k->str, k->len);
-        if (!out[n].raw || !out[n].queue) {
-            cel_delivery_free(&out[n]);
+        if (!out[n].queue)
             continue;
-        }
-        memcpy(out[n].raw, m->str, m->len);
-        out[n].raw[m->len] = 0;
+        /* Take hiredis' buffer (malloc'd, NUL-terminated) instead of copying
+         * it; freeReplyObject skips a NULL str. */
+        out[n].raw = m->str;
         out[n].len = m->len;
+        m->str = NULL;
         n++;
     }
     return n;
@@ -604,11 +603,20 @@ static int rt_publish(cel_transport *base, const char *queue, int priority, cons
     char *key = queue_key(queue, priority_step(priority < 0 ? 0 : priority));
     if (!key)
         return -1;
-    redisReply *r = redisCommand(t->cmd, "LPUSH %s %b", key, raw, len);
+    /* Declare the queue's binding first, as kombu's producer does, so
+     * consumers routing through the `celery` exchange find it. */
+    redisAppendCommand(t->cmd, "SADD _kombu.binding.%s %s" SEP SEP "%s", queue, queue, queue);
+    redisAppendCommand(t->cmd, "LPUSH %s %b", key, raw, len);
     free(key);
-    int rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
-    if (r)
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(t->cmd, (void **)&r) != REDIS_OK)
+            return -1;
+        if (r->type != REDIS_REPLY_INTEGER)
+            rc = -1;
         freeReplyObject(r);
+    }
     return rc;
 }
 

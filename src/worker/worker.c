@@ -638,9 +638,13 @@ int cel_worker_main(cel_config *cfg)
         w->stores_pending = 0;
         bool more = false, fetched = false;
         if (w->stop == RUNNING && !w->tr->ops->waiting(w->tr)) {
-            /* As Celery raises the prefetch count for every ETA task it
-             * holds, waiting ETA tasks do not use up the budget. */
-            int room = w->prefetch + w->eta_held - (int)w->nreqs;
+            /* kombu's QoS: the budget counts unacked messages — an early-ack
+             * task stops counting once it starts — and Celery raises the
+             * prefetch count for every ETA task it holds. */
+            int unacked = 0;
+            for (size_t i = 0; i < w->nreqs; i++)
+                unacked += !w->reqs[i]->acked;
+            int room = w->prefetch + w->eta_held - unacked;
             if (room > 0) {
                 fetched = true;
                 cel_delivery ds[FETCH_BATCH];
