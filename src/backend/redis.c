@@ -173,7 +173,8 @@ static int rb_recv(cel_backend *base)
     redis_backend *b = (redis_backend *)base;
     if (!b->n)
         return 0;
-    int rc = b->inflight ? read_batch(b) : -1;
+    /* Records queued after the last send go out now, synchronously. */
+    int rc = b->inflight || rb_send(base) == 0 ? read_batch(b) : -1;
     /* Slow path: reconnect, reload the script, resend the batch. */
     for (int attempt = 0; attempt < 3 && rc != 0; attempt++) {
         if (rc == 1) {
