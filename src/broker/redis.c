@@ -119,6 +119,7 @@ typedef struct redis_transport {
     const cel_config *cfg;
     redisContext *cmd;  /* acks, fetch script, publish, restore */
     redisContext *blk;  /* BRPOP only */
+    long long blk_id;   /* its CLIENT ID, to unblock it at shutdown */
     bool waiting;
     char **queues;      /* consumed queues, rotated for fairness */
     int nqueues;
@@ -322,6 +323,10 @@ static int rt_wait_start(cel_transport *base, double timeout_s)
             cel_error("broker: %s", err);
             return -1;
         }
+        redisReply *id = redisCommand(t->blk, "CLIENT ID");
+        t->blk_id = id && id->type == REDIS_REPLY_INTEGER ? id->integer : -1;
+        if (id)
+            freeReplyObject(id);
     }
     int nkeys = 4 * t->nqueues;
     const char **argv = calloc((size_t)nkeys + 2, sizeof *argv);
@@ -351,6 +356,16 @@ done:
 static bool rt_waiting(const cel_transport *base)
 {
     return ((const redis_transport *)base)->waiting;
+}
+
+static void rt_wait_cancel(cel_transport *base)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (!t->waiting || t->blk_id < 0 || reconnect_cmd(t) < 0)
+        return;
+    redisReply *r = redisCommand(t->cmd, "CLIENT UNBLOCK %lld", t->blk_id);
+    if (r)
+        freeReplyObject(r);
 }
 
 static int rt_wait_fd(const cel_transport *base)
@@ -638,7 +653,7 @@ static void rt_close(cel_transport *base)
 }
 
 static const cel_transport_ops redis_ops = {
-    rt_fetch, rt_wait_start, rt_wait_ready, rt_waiting, rt_wait_fd, rt_ack, rt_reject,
+    rt_fetch, rt_wait_start, rt_wait_ready, rt_waiting, rt_wait_cancel, rt_wait_fd, rt_ack, rt_reject,
     rt_restore, rt_flush, rt_restore_visible, rt_publish, rt_close,
 };
 

@@ -37,6 +37,9 @@ typedef struct cel_transport_ops {
      * waiting()), -1 on error. */
     int (*wait_ready)(cel_transport *t, cel_delivery *out);
     bool (*waiting)(const cel_transport *t);
+    /* Ends an armed wait early (shutdown); its reply — empty, or a message
+     * already taken — still arrives through wait_ready. */
+    void (*wait_cancel)(cel_transport *t);
     /* The descriptor of the armed wait (valid while waiting()). */
     int (*wait_fd)(const cel_transport *t);
     /* Queues an ack of the delivery with tag `tag` (copied). */

@@ -668,6 +668,7 @@ int cel_worker_main(cel_config *cfg)
         double next_eta = dispatch(w);
 
         if (w->stop == WARM) {
+            w->tr->ops->wait_cancel(w->tr); /* don't sit out BRPOP's second */
             restore_reserved(w, false);
             if (!w->tr->ops->waiting(w->tr) && cel_pool_busy(w->pool) == 0 && w->nreqs == 0)
                 break;
@@ -730,6 +731,7 @@ int cel_worker_main(cel_config *cfg)
         flush_all(w);
     }
     /* A BRPOP still in flight may deliver one more message: put it back. */
+    w->tr->ops->wait_cancel(w->tr);
     while (w->tr->ops->waiting(w->tr)) {
         cel_delivery d = {0};
         struct pollfd p = {.fd = w->tr->ops->wait_fd(w->tr), .events = POLLIN};
