@@ -46,13 +46,25 @@ enum {
 
 typedef int (*cel_task_fn)(cel_task *t, const json_t *args, const json_t *kwargs);
 
-/* Per-task options, as on a Python `@app.task(...)`.  A zeroed struct (or NULL
- * at registration) means Celery's defaults. */
+/* A per-task switch: the worker's setting, or forced on or off. */
+typedef enum cel_option {
+    CEL_OPTION_DEFAULT = 0, /* follow the worker's setting (task_acks_late, ...) */
+    CEL_OPTION_YES = 1,
+    CEL_OPTION_NO = 2,
+} cel_option;
+
+#define CEL_RETRIES_NONE (-1)      /* max_retries: never retry */
+#define CEL_RETRIES_UNLIMITED (-2) /* max_retries: Celery's max_retries=None */
+
+/* Per-task options, as on a Python `@app.task(...)`.  Every field's zero
+ * means the default, so a zeroed struct (or NULL at registration) gives
+ * Celery's behaviour; set only what differs:
+ *     cel_task_options o = {.acks_late = CEL_OPTION_YES, .max_retries = 10}; */
 typedef struct cel_task_options {
-    int acks_late;       /* -1 = worker default, 0 = no, 1 = yes */
-    int track_started;   /* -1 = worker default, 0 = no, 1 = yes */
-    int ignore_result;   /* -1 = worker default, 0 = no, 1 = yes */
-    int max_retries;     /* -1 = Celery's default (3); a value < -1 = unlimited */
+    cel_option acks_late;
+    cel_option track_started;
+    cel_option ignore_result;
+    int max_retries;            /* 0 = Celery's default (3), or a count, or CEL_RETRIES_* */
     double default_retry_delay; /* seconds; 0 = Celery's default (180) */
 } cel_task_options;
 

@@ -197,9 +197,11 @@ const json_t *cel_task_delivery_info(const cel_task *t)
 /* Turns a RETRY past max_retries into Celery's MaxRetriesExceededError. */
 static void check_max_retries(cel_task *t, const cel_task_def *def)
 {
-    int max = def->opts.max_retries == -1 ? 3 : def->opts.max_retries;
+    int max = def->opts.max_retries == 0                     ? 3
+              : def->opts.max_retries == CEL_RETRIES_NONE      ? 0
+                                                               : def->opts.max_retries;
     const cel_message *m = t->m;
-    if (max < 0 || m->retries < max) {
+    if (max == CEL_RETRIES_UNLIMITED || m->retries < max) {
         if (t->countdown < 0)
             t->countdown = def->opts.default_retry_delay > 0 ? def->opts.default_retry_delay : 180;
         return;
@@ -237,9 +239,8 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
     }
     out->runtime = cel_monotonic() - t0;
 
-    bool ignore = m->ignore_result ||
-                  (def && def->opts.ignore_result >= 0 ? def->opts.ignore_result
-                                                       : env->ignore_result);
+    bool ignore = m->ignore_result || cel_option_on(def ? def->opts.ignore_result : 0,
+                                                    env->ignore_result);
     bool store = env->store_results && !ignore;
     if (t.status == CEL_TASK_SUCCESS) {
         out->status = CEL_OUT_SUCCESS;

@@ -58,12 +58,7 @@ int cel_register(cel_registry *reg, const char *name, cel_task_fn fn,
     if (!def->name)
         return -1;
     def->fn = fn;
-    if (opts) {
-        def->opts = *opts;
-    } else {
-        def->opts = (cel_task_options){.acks_late = -1, .track_started = -1,
-                                       .ignore_result = -1, .max_retries = -1};
-    }
+    def->opts = opts ? *opts : (cel_task_options){0};
     reg->n++;
     qsort(reg->defs, reg->n, sizeof *reg->defs, cmp_def);
     return 0;

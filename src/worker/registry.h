@@ -10,6 +10,7 @@
 #define CELERIAC_REGISTRY_H
 
 #include <celeriac/task.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct cel_task_def {
@@ -17,6 +18,12 @@ typedef struct cel_task_def {
     cel_task_fn fn;
     cel_task_options opts;
 } cel_task_def;
+
+/* A task's option resolved against the worker's setting. */
+static inline bool cel_option_on(cel_option opt, bool worker_default)
+{
+    return opt == CEL_OPTION_DEFAULT ? worker_default : opt == CEL_OPTION_YES;
+}
 
 cel_registry *cel_registry_new(void);
 void cel_registry_free(cel_registry *reg); /* also dlcloses modules */

@@ -370,10 +370,10 @@ static void receive(worker *w, cel_delivery *d)
         goto drop_ack;
     }
     const cel_task_options *o = &r->def->opts;
-    r->acks_late = o->acks_late >= 0 ? o->acks_late : w->cfg->task_acks_late;
-    r->track_started = o->track_started >= 0 ? o->track_started : w->cfg->task_track_started;
+    r->acks_late = cel_option_on(o->acks_late, w->cfg->task_acks_late);
+    r->track_started = cel_option_on(o->track_started, w->cfg->task_track_started);
     r->ignore_result = m->ignore_result ||
-                       (o->ignore_result >= 0 ? o->ignore_result : w->cfg->task_ignore_result);
+                       cel_option_on(o->ignore_result, w->cfg->task_ignore_result);
     r->job = ++w->next_job;
     r->state = REQ_RESERVED;
     if (m->has_expires && m->expires <= cel_now()) {
