@@ -624,18 +624,13 @@ int cel_worker_main(cel_config *cfg)
         handle_signals(w);
         if (w->stop == COLD)
             break;
-        /* Results go out now and their reply is read after the fetch, so
-         * both round trips overlap — unless an acks_late ack rides with the
-         * fetch: that ack must never reach the broker before its result is
-         * stored. */
-        if (w->be) {
-            if (w->late_acks_pending)
-                cel_backend_flush(w->be);
-            else
-                w->be->ops->send(w->be);
-        }
+        /* An acks_late ack rides with the fetch below: its result must be
+         * stored first.  Otherwise the fetch goes first, so the pool is fed
+         * as early as possible (a Redis serving both runs them in order), and
+         * the results follow while the pool works. */
+        if (w->be && w->late_acks_pending)
+            cel_backend_flush(w->be);
         w->late_acks_pending = 0;
-        w->stores_pending = 0;
         bool more = false, fetched = false;
         if (w->stop == RUNNING && !w->tr->ops->waiting(w->tr)) {
             /* kombu's QoS: the budget counts unacked messages — an early-ack
@@ -660,12 +655,13 @@ int cel_worker_main(cel_config *cfg)
                     more = false;
             }
         }
+        double next_eta = dispatch(w);
         if (w->be)
-            w->be->ops->recv(w->be);
+            cel_backend_flush(w->be);
+        w->stores_pending = 0;
         if (!fetched && w->acks_pending)
             w->tr->ops->flush(w->tr);
         w->acks_pending = 0;
-        double next_eta = dispatch(w);
 
         if (w->stop == WARM) {
             w->tr->ops->wait_cancel(w->tr); /* don't sit out BRPOP's second */
