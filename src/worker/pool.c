@@ -406,6 +406,44 @@ int cel_pool_submit(cel_pool *p, uint64_t job, const char *raw, size_t len,
     return rc;
 }
 
+int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)
+{
+    int n = 0;
+    if (p->n == 0 || p->jobq[1] < 0)
+        return 0;
+    /* The parent holds the queue's read end too: a job it receives is one no
+     * child will run.  Children racing for the same datagrams are fine —
+     * each goes to exactly one reader. */
+    while (n < max) {
+        char buf[16];
+        char cbuf[CMSG_SPACE(sizeof(int))];
+        struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                            .msg_controllen = sizeof cbuf};
+        ssize_t r = recvmsg(p->jobq[1], &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        uint64_t job = 0;
+        if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            int mfd;
+            memcpy(&mfd, CMSG_DATA(cm), sizeof mfd);
+            if (pread(mfd, &job, 8, 0) != 8)
+                job = 0;
+            close(mfd);
+        } else if (r >= 8) {
+            memcpy(&job, buf, 8); /* MSG_TRUNC: the rest of the datagram is dropped */
+        }
+        if (p->queued > 0)
+            p->queued--;
+        if (job)
+            jobs[n++] = job;
+    }
+    return n;
+}
+
 int cel_pool_pollfds(cel_pool *p, struct pollfd *fds, int max)
 {
     int n = 0;

@@ -60,6 +60,11 @@ int cel_pool_busy(const cel_pool *p);
 int cel_pool_submit(cel_pool *p, uint64_t job, const char *raw, size_t len,
                     const cel_message *m);
 
+/* Takes back jobs still waiting in the queue (no process took them yet),
+ * e.g. at a warm shutdown, so their messages can be restored.  Writes up to
+ * `max` job ids to `jobs`; returns how many. */
+int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max);
+
 /* Adds the pool's descriptors to `fds` (at most `max`); returns how many. */
 int cel_pool_pollfds(cel_pool *p, struct pollfd *fds, int max);
 /* Processes readiness on descriptors filled by cel_pool_pollfds. */

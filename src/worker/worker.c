@@ -421,8 +421,8 @@ static double dispatch(worker *w)
             i++;
             continue;
         }
-        if (cel_pool_idle(w->pool) <= 0) {
-            i++;
+        if (cel_pool_idle(w->pool) <= 0 || w->stop != RUNNING) {
+            i++; /* shutting down: reserved requests are restored, not started */
             continue;
         }
         if (r->msg.has_expires && r->msg.expires <= now) {
@@ -665,6 +665,17 @@ int cel_worker_main(cel_config *cfg)
 
         if (w->stop == WARM) {
             w->tr->ops->wait_cancel(w->tr); /* don't sit out BRPOP's second */
+            /* Jobs no process has taken yet are reserved, not running: take
+             * them back from the pool and restore them, as Celery restores
+             * its reserved requests. */
+            uint64_t back[256];
+            int nb;
+            while ((nb = cel_pool_reclaim(w->pool, back, 256)) > 0)
+                for (int i = 0; i < nb; i++) {
+                    request *r = find_req(w, back[i], NULL);
+                    if (r && r->state == REQ_SUBMITTED)
+                        r->state = REQ_RESERVED;
+                }
             restore_reserved(w, false);
             if (!w->tr->ops->waiting(w->tr) && cel_pool_busy(w->pool) == 0 && w->nreqs == 0)
                 break;

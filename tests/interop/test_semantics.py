@@ -1,0 +1,107 @@
+"""Worker semantics beyond a plain call, each run against both worker kinds:
+several queues, ignore_result, result_extended, expiry, and what a warm
+shutdown does with messages that were prefetched but not started."""
+
+import datetime
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import GET_TIMEOUT, REPO, require_celeriac, scaled, wait_until
+from helpers import send, stored_meta
+
+
+def _queues_args(kind, queues):
+    # Both harness workers already consume `celery`; celeriac's later -Q adds to
+    # the list, Celery's replaces it.
+    return ["-Q", queues if kind == "python" else queues.replace("celery,", "")]
+
+
+def test_several_queues(start_worker, kind, celery_app, differential):
+    """-Q celery,other: tasks routed to either queue are consumed."""
+    start_worker(kind, args=_queues_args(kind, "celery,other"))
+    a = send(celery_app, "apply_async", "examples.add", [1, 2])
+    b = send(celery_app, "apply_async", "examples.add", [3, 4], queue="other")
+    values = [a.get(timeout=GET_TIMEOUT), b.get(timeout=GET_TIMEOUT)]
+    assert values == [3, 7]
+    differential.check(kind, "several-queues", values)
+
+
+def test_ignore_result_stores_nothing(start_worker, kind, celery_app, redis_server):
+    """ignore_result=True: the task runs, no celery-task-meta key is written."""
+    start_worker(kind, concurrency=1,
+                 env={"CELERY_WORKER_PREFETCH_MULTIPLIER": "1"},
+                 args=["--prefetch-multiplier", "1"] if kind == "celeriac" else [])
+    ignored = send(celery_app, "apply_async", "examples.add", [1, 1], ignore_result=True)
+    barrier = send(celery_app, "apply_async", "examples.add", [2, 2])
+    assert barrier.get(timeout=GET_TIMEOUT) == 4  # one process, FIFO: the first has run
+    assert stored_meta(redis_server, ignored.id) is None
+
+
+def test_result_extended(start_worker, kind, celery_app, redis_server, differential):
+    """result_extended: name, args, kwargs, worker, retries and queue are stored."""
+    w = start_worker(kind, env={"CELERY_RESULT_EXTENDED": "1"})
+    r = send(celery_app, "apply_async", "examples.add", [2], {"y": 5})
+    assert r.get(timeout=GET_TIMEOUT) == 7
+    meta = stored_meta(redis_server, r.id)
+    assert meta["name"] == "examples.add"
+    assert meta["args"] == [2] and meta["kwargs"] == {"y": 5}
+    assert meta["retries"] == 0 and meta["queue"] == "celery"
+    assert meta["worker"] == w.name + "@" + meta["worker"].split("@", 1)[1]
+    shape = {k: meta[k] for k in meta if k not in ("date_done", "task_id", "worker")}
+    differential.check(kind, "result-extended", [sorted(meta), shape])
+
+
+def test_expired_task_is_revoked(start_worker, kind, celery_app, redis_server, differential):
+    """A task whose `expires` has passed when it arrives is not run: REVOKED,
+    TaskRevokedError('expired')."""
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=30)
+    r = send(celery_app, "apply_async", "examples.add", [1, 1], expires=past)
+    start_worker(kind)
+    meta = wait_until(lambda: stored_meta(redis_server, r.id), GET_TIMEOUT, what="a stored state")
+    assert meta["status"] == "REVOKED"
+    assert meta["result"]["exc_type"] == "TaskRevokedError"
+    assert meta["result"]["exc_message"] == ["expired"]
+    differential.check(kind, "expired", [meta["status"], meta["result"], meta["traceback"]])
+
+
+def test_warm_shutdown_restores_prefetched(start_worker, kind, celery_app, redis_server):
+    """SIGTERM while one task runs and three more were prefetched: the running
+    task finishes, the three go back to the queue (RPUSH, redelivered), nothing
+    is left in unacked, and a later worker runs them."""
+    r0 = redis_server.client(0)
+    w = start_worker(kind, concurrency=1, env={"CELERY_TASK_TRACK_STARTED": "1"})
+    running = send(celery_app, "apply_async", "examples.sleep", [1.5])
+    wait_until(lambda: running.state == "STARTED", GET_TIMEOUT, what="task STARTED")
+    rest = [send(celery_app, "apply_async", "examples.add", [i, i]) for i in range(3)]
+    wait_until(lambda: r0.llen("celery") == 0, GET_TIMEOUT, what="prefetch of the rest")
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(scaled(30)) == 0
+    assert running.get(timeout=5) == 1.5
+    assert all(r.state == "PENDING" for r in rest), [r.state for r in rest]
+    assert r0.llen("celery") == 3
+    assert r0.hlen("unacked") == 0
+    for raw in r0.lrange("celery", 0, -1):
+        env = json.loads(raw)
+        assert env["headers"].get("redelivered") is True
+        assert env["properties"]["delivery_info"].get("redelivered") is True
+    start_worker(kind)
+    assert [r.get(timeout=GET_TIMEOUT) for r in rest] == [0, 2, 4]
+
+
+def test_unreachable_broker_exits_64():
+    """celeriac: a broker still unreachable after broker_connection_max_retries is
+    exit 64, with the password never printed."""
+    require_celeriac()
+    from conftest import CELERIAC_BIN, CELERIAC_EXAMPLES_SO
+    env = {"CELERY_BROKER_CONNECTION_MAX_RETRIES": "1", "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([str(CELERIAC_BIN), "worker", "-A", str(CELERIAC_EXAMPLES_SO),
+                        "-b", "redis://:s3cr3t-pw@127.0.0.1:1/0", "-l", "info"],
+                       env=env, capture_output=True, timeout=scaled(30), cwd="/")
+    assert p.returncode == 64, p.stderr
+    out = (p.stdout + p.stderr).decode()
+    assert "Cannot connect to broker" in out
+    assert "s3cr3t-pw" not in out
