@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/message.h"
 #include "core/rconn.h"
+#include "core/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,9 @@ static const char STORE_LUA[] =
     "end\n"
     "return #KEYS\n";
 
+/* Results kept in memory while the backend is unreachable, at most. */
+#define MAX_QUEUED 100000
+
 typedef struct pending {
     char *key, *meta;
 } pending;
@@ -47,22 +51,38 @@ typedef struct redis_backend {
     pending *q;
     size_t n, cap;
     size_t inflight;    /* q[0..inflight) sent, reply not read yet */
+    double down_since;  /* monotonic start of an outage, 0 = up */
     char ttl[32];
 } redis_backend;
+
+/* One line when the backend goes away and one when it is back. */
+static void outage(redis_backend *b, const char *what)
+{
+    if (b->down_since == 0) {
+        b->down_since = cel_monotonic();
+        cel_error("result backend: %s; results are kept and retried", what);
+    }
+}
 
 static int ensure_conn(redis_backend *b)
 {
     if (b->c && !b->c->err)
         return 0;
-    if (b->c)
+    if (b->c) {
+        outage(b, b->c->errstr);
         redisFree(b->c);
+    }
     char err[256];
     b->c = cel_redis_connect(&b->url, 5.0, err, sizeof err);
     if (!b->c) {
-        cel_error("result backend: %s", err);
+        outage(b, err);
         return -1;
     }
     b->store.sha[0] = 0;
+    if (b->down_since != 0) {
+        cel_warn("result backend: reconnected after %.1f s", cel_monotonic() - b->down_since);
+        b->down_since = 0;
+    }
     return 0;
 }
 
@@ -176,11 +196,11 @@ static int rb_recv(cel_backend *base)
     /* Records queued after the last send go out now, synchronously. */
     int rc = b->inflight || rb_send(base) == 0 ? read_batch(b) : -1;
     /* Slow path: reconnect, reload the script, resend the batch. */
-    for (int attempt = 0; attempt < 3 && rc != 0; attempt++) {
+    for (int attempt = 0; attempt < 2 && rc != 0; attempt++) {
         if (rc == 1) {
             b->store.sha[0] = 0;
         } else if (b->c) {
-            cel_warn("result backend: connection lost, reconnecting");
+            outage(b, b->c->err ? b->c->errstr : "connection lost");
             redisFree(b->c);
             b->c = NULL;
         }
@@ -191,8 +211,11 @@ static int rb_recv(cel_backend *base)
         }
         rc = read_batch(b);
     }
+    b->inflight = 0;
+    if (rc != 0 && b->n < MAX_QUEUED) /* keep them for the next flush */
+        return -1;
     if (rc != 0)
-        cel_error("result backend: %zu result(s) could not be stored", b->n);
+        cel_error("result backend: unreachable with %zu results queued; dropping them", b->n);
     drop_queue(b);
     return rc == 0 ? 0 : -1;
 }

@@ -120,6 +120,7 @@ typedef struct redis_transport {
     redisContext *cmd;  /* acks, fetch script, publish, restore */
     redisContext *blk;  /* BRPOP only */
     long long blk_id;   /* its CLIENT ID, to unblock it at shutdown */
+    double down_since;  /* monotonic start of a broker outage, 0 = up */
     bool waiting;
     char **queues;      /* consumed queues, rotated for fairness */
     int nqueues;
@@ -182,22 +183,44 @@ static void build_keys(redis_transport *t)
         }
 }
 
+static int declare_bindings(redis_transport *t, char *err, size_t errlen);
+
+/* One line when the broker goes away and one when it is back, however long
+ * the outage: a dead broker must not flood the log. */
+static void outage(redis_transport *t, const char *what)
+{
+    if (t->down_since == 0) {
+        t->down_since = cel_monotonic();
+        cel_error("broker: %s; retrying every second", what);
+    }
+}
+
 static int reconnect_cmd(redis_transport *t)
 {
     if (t->cmd && !t->cmd->err)
         return 0;
-    bool was_connected = t->cmd != NULL;
-    if (t->cmd)
+    if (t->cmd) {
+        outage(t, t->cmd->errstr);
         redisFree(t->cmd);
+    }
     char err[256];
     t->cmd = cel_redis_connect(&t->url, 5.0, err, sizeof err);
     if (!t->cmd) {
-        cel_error("broker: %s", err);
+        outage(t, err);
         return -1;
     }
     t->fetch.sha[0] = t->restore.sha[0] = t->unlock.sha[0] = 0;
-    if (was_connected)
-        cel_info("broker: reconnected");
+    /* A restarted Redis may have lost the bindings: declare them again. */
+    if (t->nqueues && declare_bindings(t, err, sizeof err) < 0) {
+        outage(t, err);
+        redisFree(t->cmd);
+        t->cmd = NULL;
+        return -1;
+    }
+    if (t->down_since != 0) {
+        cel_warn("broker: reconnected after %.1f s", cel_monotonic() - t->down_since);
+        t->down_since = 0;
+    }
     return 0;
 }
 
@@ -267,7 +290,7 @@ static int run_fetch(redis_transport *t, int max, cel_delivery *out, const char 
         goto done;
     redisReply *r = cel_rscript_call(t->cmd, &t->fetch, k, argc, argv, lens);
     if (!r) {
-        cel_error("broker: fetch failed: %s", t->cmd->err ? t->cmd->errstr : "out of memory");
+        outage(t, t->cmd->err ? t->cmd->errstr : "out of memory");
         redisFree(t->cmd);
         t->cmd = NULL;
         goto done;
@@ -320,7 +343,7 @@ static int rt_wait_start(cel_transport *base, double timeout_s)
         char err[256];
         t->blk = cel_redis_connect(&t->url, 5.0, err, sizeof err);
         if (!t->blk) {
-            cel_error("broker: %s", err);
+            outage(t, err);
             return -1;
         }
         redisReply *id = redisCommand(t->blk, "CLIENT ID");
@@ -381,7 +404,7 @@ static int rt_wait_ready(cel_transport *base, cel_delivery *out)
         return 0;
     if (redisBufferRead(t->blk) != REDIS_OK) {
         t->waiting = false;
-        cel_error("broker: connection lost while waiting: %s", t->blk->errstr);
+        outage(t, t->blk->errstr);
         return -1;
     }
     redisReply *r = NULL;
@@ -659,6 +682,25 @@ static const cel_transport_ops redis_ops = {
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
+/* Declares each consumed queue's binding, as kombu does before consuming:
+ * Python producers that name the exchange route through it. */
+static int declare_bindings(redis_transport *t, char *err, size_t errlen)
+{
+    for (int i = 0; i < t->nqueues; i++) {
+        const char *q = t->queues[i];
+        redisReply *r = redisCommand(t->cmd, "SADD _kombu.binding.%s %s" SEP SEP "%s", q, q, q);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "cannot declare queue %s: %s", q,
+                     r ? r->str : t->cmd->errstr);
+            if (r)
+                freeReplyObject(r);
+            return -1;
+        }
+        freeReplyObject(r);
+    }
+    return 0;
+}
+
 cel_transport *cel_redis_transport_open(const cel_url *u, const cel_config *cfg,
                                         bool consume, char *err, size_t errlen)
 {
@@ -685,22 +727,11 @@ cel_transport *cel_redis_transport_open(const cel_url *u, const cel_config *cfg,
         t->queues = calloc(nq + 1, sizeof *t->queues);
         if (!t->queues)
             goto fail;
-        for (size_t i = 0; i < nq; i++) {
+        for (size_t i = 0; i < nq; i++)
             t->queues[i] = strdup(cfg->queues[i]);
-            /* Declare the binding, as kombu does before consuming: Python
-             * producers that name the exchange route through it. */
-            redisReply *r = redisCommand(t->cmd, "SADD _kombu.binding.%s %s" SEP SEP "%s",
-                                         cfg->queues[i], cfg->queues[i], cfg->queues[i]);
-            if (!r || r->type == REDIS_REPLY_ERROR) {
-                snprintf(err, errlen, "broker: cannot declare queue %s: %s", cfg->queues[i],
-                         r ? r->str : t->cmd->errstr);
-                if (r)
-                    freeReplyObject(r);
-                goto fail;
-            }
-            freeReplyObject(r);
-        }
         t->nqueues = (int)nq;
+        if (declare_bindings(t, err, errlen) < 0)
+            goto fail;
         build_keys(t);
     }
     return &t->base;
