@@ -40,10 +40,6 @@ typedef struct cel_backend_ops {
     int (*store_raw)(cel_backend *b, const char *task_id, const char *reply_to,
                      const char *meta, size_t len);
     int (*flush)(cel_backend *b);
-    /* flush in two halves, so the worker can overlap the round trip with
-     * the broker's: send() writes the queued batch, recv() waits for it. */
-    int (*send)(cel_backend *b);
-    int (*recv)(cel_backend *b);
     void (*close)(cel_backend *b);
 } cel_backend_ops;
 

@@ -237,8 +237,7 @@ static void rb_close(cel_backend *base)
     free(b);
 }
 
-static const cel_backend_ops redis_ops = {rb_store, rb_store_raw, rb_flush, rb_send, rb_recv,
-                                          rb_close};
+static const cel_backend_ops redis_ops = {rb_store, rb_store_raw, rb_flush, rb_close};
 
 cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,
                                     size_t errlen)

@@ -8,6 +8,8 @@
 #include "core/util.h"
 #include "worker/worker.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,16 +20,38 @@ static int fail(const char *msg, const char *arg)
     return CEL_EX_USAGE;
 }
 
+/* A finite number, the whole string. */
+static int parse_num(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end || errno || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
 int cel_call_main(int argc, char **argv)
 {
     const char *task = NULL, *args_s = "[]", *kwargs_s = "{}", *queue = NULL, *broker = NULL;
     const char *id = NULL;
     double countdown = -1, expires = -1;
     int priority = 0, count = 1;
+    const char *countdown_s = NULL, *expires_s = NULL, *priority_s = NULL, *count_s = NULL;
+    /* Options that take a value, and where it goes. */
+    const struct {
+        const char *long_name, *short_name;
+        const char **dest;
+    } opts[] = {
+        {"--args", "-a", &args_s},           {"--kwargs", "-k", &kwargs_s},
+        {"--queue", "-Q", &queue},           {"--countdown", NULL, &countdown_s},
+        {"--expires", NULL, &expires_s},     {"--priority", NULL, &priority_s},
+        {"--id", NULL, &id},                 {"--count", NULL, &count_s},
+        {"--broker", "-b", &broker},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define OPT(name) (!strcmp(a, name) && (v ? (i++, 1) : (fail("missing value for ", name), 0)))
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             puts("usage: celeriac call TASK [--args JSON] [--kwargs JSON] [-Q QUEUE]\n"
                  "                      [--countdown N] [--expires N] [--priority N]\n"
@@ -40,30 +64,31 @@ int cel_call_main(int argc, char **argv)
             if (task)
                 return fail("unexpected argument: ", a);
             task = a;
-        } else if (OPT("--args") || OPT("-a")) {
-            args_s = v;
-        } else if (OPT("--kwargs") || OPT("-k")) {
-            kwargs_s = v;
-        } else if (OPT("-Q") || OPT("--queue")) {
-            queue = v;
-        } else if (OPT("--countdown")) {
-            countdown = atof(v);
-        } else if (OPT("--expires")) {
-            expires = atof(v);
-        } else if (OPT("--priority")) {
-            priority = atoi(v);
-        } else if (OPT("--id")) {
-            id = v;
-        } else if (OPT("--count")) {
-            count = atoi(v);
-        } else if (OPT("-b") || OPT("--broker")) {
-            broker = v;
-        } else if (a[0] == '-' && !v) {
-            return CEL_EX_USAGE;
-        } else {
-            return fail("unknown option: ", a);
+            continue;
         }
-#undef OPT
+        size_t k = 0, nopts = sizeof opts / sizeof opts[0];
+        while (k < nopts && strcmp(a, opts[k].long_name) != 0 &&
+               !(opts[k].short_name && strcmp(a, opts[k].short_name) == 0))
+            k++;
+        if (k == nopts)
+            return fail("unknown option: ", a);
+        if (i + 1 >= argc)
+            return fail("missing value for ", a);
+        *opts[k].dest = argv[++i];
+    }
+    if ((countdown_s && parse_num(countdown_s, &countdown) < 0) ||
+        (expires_s && parse_num(expires_s, &expires) < 0))
+        return fail("--countdown and --expires take seconds, e.g. 30 or 2.5", NULL);
+    double num;
+    if (priority_s) {
+        if (parse_num(priority_s, &num) < 0 || num < 0 || num > 255 || num != (int)num)
+            return fail("--priority takes an integer 0..255, got ", priority_s);
+        priority = (int)num;
+    }
+    if (count_s) {
+        if (parse_num(count_s, &num) < 0 || num < 1 || num > 10000000 || num != (int)num)
+            return fail("--count takes a positive integer, got ", count_s);
+        count = (int)num;
     }
     if (!task)
         return fail("missing task name", NULL);

@@ -78,7 +78,6 @@ typedef struct worker {
     int eta_held;          /* reserved requests waiting for their ETA */
 } worker;
 
-static worker *g_worker_for_signals;
 static int g_sigpipe_w = -1;
 
 static void on_signal(int sig)
@@ -556,7 +555,6 @@ int cel_worker_main(cel_config *cfg)
         return 1;
     }
     g_sigpipe_w = w->sigpipe[1];
-    g_worker_for_signals = w;
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
