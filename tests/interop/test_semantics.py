@@ -81,14 +81,20 @@ def test_warm_shutdown_restores_prefetched(start_worker, kind, celery_app, redis
     w.send_signal(signal.SIGTERM)
     assert w.wait(scaled(30)) == 0
     assert running.get(timeout=5) == 1.5
-    assert all(r.state == "PENDING" for r in rest), [r.state for r in rest]
-    assert r0.llen("celery") == 3
+    states = [r.state for r in rest]
+    if kind == "celeriac":
+        # celeriac never starts a reserved message once shutdown began.
+        assert states == ["PENDING"] * 3, states
+    # Each of the three either ran or went back to the queue; none is lost or held.
+    # (Celery 5.2.6 sometimes starts one of them before it stops consuming.)
+    assert r0.llen("celery") + states.count("SUCCESS") == 3, states
     assert r0.hlen("unacked") == 0
     for raw in r0.lrange("celery", 0, -1):
         env = json.loads(raw)
         assert env["headers"].get("redelivered") is True
         assert env["properties"]["delivery_info"].get("redelivered") is True
-    start_worker(kind)
+    if r0.llen("celery"):
+        start_worker(kind)
     assert [r.get(timeout=GET_TIMEOUT) for r in rest] == [0, 2, 4]
 
 
