@@ -257,6 +257,12 @@ cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, cha
     b->url.password = u->password ? strdup(u->password) : NULL;
     b->url.path = u->path ? strdup(u->path) : NULL;
     b->c = cel_redis_connect(&b->url, 5.0, err, errlen);
+    if (!b->c && strncmp(err, "cannot connect", 14) == 0) {
+        /* Unreachable now is an outage, as Celery's lazily connecting
+         * backend sees it: start anyway, keep results, retry. */
+        outage(b, err);
+        return &b->base;
+    }
     if (!b->c || cel_rscript_load(b->c, &b->store) < 0) {
         if (b->c)
             snprintf(err, errlen, "result backend: cannot load script");

@@ -517,6 +517,19 @@ static int connect_broker(worker *w)
 {
     char err[512];
     int max = w->cfg->broker_connection_max_retries;
+    /* A URL naming a transport this build lacks is a configuration error,
+     * not an outage: no retries. */
+    cel_url u;
+    if (cel_url_parse(w->cfg->broker_url, &u, err, sizeof err) < 0) {
+        cel_crit("Cannot connect to broker: %s", err);
+        return -1;
+    }
+    bool supported = u.scheme == CEL_URL_REDIS || u.scheme == CEL_URL_UNIX;
+    cel_url_free(&u);
+    if (!supported) {
+        cel_crit("Cannot use broker: only redis:// is supported by this version of celeriac");
+        return -1;
+    }
     for (int attempt = 0;; attempt++) {
         w->tr = cel_transport_open(w->cfg, true, err, sizeof err);
         if (w->tr)
