@@ -82,19 +82,22 @@ def test_warm_shutdown_restores_prefetched(start_worker, kind, celery_app, redis
     assert w.wait(scaled(30)) == 0
     assert running.get(timeout=5) == 1.5
     states = [r.state for r in rest]
-    if kind == "celeriac":
-        # celeriac never starts a reserved message once shutdown began.
-        assert states == ["PENDING"] * 3, states
-    # Each of the three either ran or went back to the queue; none is lost or held.
-    # (Celery 5.2.6 sometimes starts one of them before it stops consuming.)
-    assert r0.llen("celery") + states.count("SUCCESS") == 3, states
-    assert r0.hlen("unacked") == 0
+    held = r0.hlen("unacked")
+    # Nothing is lost: each of the three ran, went back to the queue, or (Celery
+    # only) is still held in `unacked` for the visibility timeout.
+    assert r0.llen("celery") + states.count("SUCCESS") + held == 3, (states, held)
+    if kind == "python":
+        # Celery 5.2.6 sometimes starts one of them before it stops consuming, or
+        # leaves one it had handed to its pool in `unacked`; the stricter
+        # guarantee below is celeriac's.
+        return
+    assert states == ["PENDING"] * 3, states
+    assert r0.llen("celery") == 3 and held == 0
     for raw in r0.lrange("celery", 0, -1):
         env = json.loads(raw)
         assert env["headers"].get("redelivered") is True
         assert env["properties"]["delivery_info"].get("redelivered") is True
-    if r0.llen("celery"):
-        start_worker(kind)
+    start_worker(kind)
     assert [r.get(timeout=GET_TIMEOUT) for r in rest] == [0, 2, 4]
 
 
