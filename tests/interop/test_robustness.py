@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import GET_TIMEOUT, KINDS, require_celeriac, scaled, wait_until
+from conftest import GET_TIMEOUT, KINDS, require_celeriac, scaled, wait_exit, wait_until
 from helpers import (envelope, json_body, push_raw, send, stored_meta, task_headers,
                      wait_queue_drained)
 
@@ -149,7 +149,7 @@ def test_warm_shutdown(start_worker, kind, celery_app, sig):
     result = send(celery_app, "apply_async", "examples.sleep", [2])
     wait_until(lambda: result.state == "STARTED", GET_TIMEOUT, what="task STARTED")
     w.send_signal(getattr(signal, sig))
-    rc = w.wait(scaled(30))
+    rc = wait_exit(w, scaled(30))
     assert rc == 0, "exit status %s after %s" % (rc, sig)
     assert result.get(timeout=5) == 2
     assert result.state == "SUCCESS"
@@ -170,7 +170,7 @@ def test_cold_shutdown(start_worker, kind, celery_app, sig):
         time.sleep(0.5)
         w.send_signal(signal.SIGINT)
     start = time.monotonic()
-    w.wait(scaled(10))
+    wait_exit(w, scaled(10))
     assert time.monotonic() - start < scaled(10)
     assert not w.leftover_processes(), "pool processes outlived the worker"
     assert result.state != "SUCCESS"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import GET_TIMEOUT, REPO, require_celeriac, scaled, wait_until
+from conftest import GET_TIMEOUT, require_celeriac, scaled, wait_exit, wait_until
 from helpers import send, stored_meta
 
 
@@ -79,7 +79,7 @@ def test_warm_shutdown_restores_prefetched(start_worker, kind, celery_app, redis
     rest = [send(celery_app, "apply_async", "examples.add", [i, i]) for i in range(3)]
     wait_until(lambda: r0.llen("celery") == 0, GET_TIMEOUT, what="prefetch of the rest")
     w.send_signal(signal.SIGTERM)
-    assert w.wait(scaled(30)) == 0
+    assert wait_exit(w, scaled(30)) == 0
     assert running.get(timeout=5) == 1.5
     states = [r.state for r in rest]
     held = r0.hlen("unacked")
