@@ -230,6 +230,10 @@ static void rb_close(cel_backend *base)
 {
     redis_backend *b = (redis_backend *)base;
     rb_flush(base);
+    if (b->n) {
+        cel_error("result backend: still unreachable at shutdown; %zu result(s) not stored", b->n);
+        drop_queue(b);
+    }
     if (b->c)
         redisFree(b->c);
     free(b->q);
