@@ -2,7 +2,7 @@
  * AsyncResult sees them.
  *
  * A backend is a small vtable (Redis now, rpc:// with the AMQP transport).
- * Writes are queued with cel_backend_store and sent in one pipelined round
+ * Writes are queued with cel_backend_store_raw and sent in one pipelined round
  * trip by cel_backend_flush, which the worker calls once per loop turn and
  * before it acks an acks_late message (a result is stored before its
  * message is acked, as in Celery).
@@ -34,7 +34,6 @@ typedef struct cel_result_rec {
 typedef struct cel_backend cel_backend;
 
 typedef struct cel_backend_ops {
-    int (*store)(cel_backend *b, const cel_result_rec *r);
     /* Stores a record already in the backend's text (see exec.h); `meta` is
      * copied.  `reply_to` routes rpc:// records. */
     int (*store_raw)(cel_backend *b, const char *task_id, const char *reply_to,
@@ -61,10 +60,6 @@ json_t *cel_result_meta(const cel_result_rec *r, bool extended, bool for_rpc);
 /* True for SUCCESS, FAILURE, REVOKED (Celery's READY_STATES). */
 bool cel_state_is_ready(const char *status);
 
-static inline int cel_backend_store(cel_backend *b, const cel_result_rec *r)
-{
-    return b->ops->store(b, r);
-}
 static inline int cel_backend_store_raw(cel_backend *b, const char *task_id,
                                         const char *reply_to, const char *meta, size_t len)
 {

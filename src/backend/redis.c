@@ -116,17 +116,6 @@ static int rb_store_raw(cel_backend *base, const char *task_id, const char *repl
     return 0;
 }
 
-static int rb_store(cel_backend *base, const cel_result_rec *r)
-{
-    json_t *m = cel_result_meta(r, base->extended, false);
-    size_t len = 0;
-    char *text = m ? cel_json_dumps_py(m, &len) : NULL;
-    json_decref(m);
-    int rc = text ? rb_store_raw(base, r->task_id, r->reply_to, text, len) : -1;
-    free(text);
-    return rc;
-}
-
 /* Appends one EVALSHA storing q[0..n) and writes it out. */
 static int append_batch(redis_backend *b)
 {
@@ -241,7 +230,7 @@ static void rb_close(cel_backend *base)
     free(b);
 }
 
-static const cel_backend_ops redis_ops = {rb_store, rb_store_raw, rb_flush, rb_close};
+static const cel_backend_ops redis_ops = {rb_store_raw, rb_flush, rb_close};
 
 cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,
                                     size_t errlen)

@@ -160,26 +160,6 @@ static void store(worker *w, const cel_message *m, const char *status, json_t *r
 
 #define exc_dict cel_exc_dict
 
-static const char *signame(int sig)
-{
-    switch (sig) {
-    case SIGSEGV: return "SIGSEGV";
-    case SIGABRT: return "SIGABRT";
-    case SIGKILL: return "SIGKILL";
-    case SIGBUS: return "SIGBUS";
-    case SIGFPE: return "SIGFPE";
-    case SIGILL: return "SIGILL";
-    case SIGTERM: return "SIGTERM";
-    case SIGINT: return "SIGINT";
-    case SIGQUIT: return "SIGQUIT";
-    case SIGHUP: return "SIGHUP";
-    case SIGPIPE: return "SIGPIPE";
-    case SIGUSR1: return "SIGUSR1";
-    case SIGUSR2: return "SIGUSR2";
-    default: return NULL;
-    }
-}
-
 static void publish_retry(worker *w, request *r, double countdown)
 {
     /* The parent kept only the headers; the retry needs the body too. */
@@ -280,9 +260,9 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
     char human[96];
     if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
-        const char *name = signame(sig);
+        const char *name = sigabbrev_np(sig); /* "SEGV": billiard prints SIGSEGV */
         if (name)
-            snprintf(human, sizeof human, "signal %d (%s)", sig, name);
+            snprintf(human, sizeof human, "signal %d (SIG%s)", sig, name);
         else
             snprintf(human, sizeof human, "signal %d", sig);
     } else {
@@ -662,8 +642,6 @@ int cel_worker_main(cel_config *cfg)
                     more = true; /* the queue may hold more: don't sleep */
                 else if (n == 0)
                     w->tr->ops->wait_start(w->tr, 1.0);
-                else if (n < 0)
-                    more = false;
             }
         }
         double next_eta = dispatch(w);
