@@ -72,6 +72,11 @@ def test_warm_shutdown_restores_prefetched(start_worker, kind, celery_app, redis
     """SIGTERM while one task runs and three more were prefetched: the running
     task finishes, the three go back to the queue (RPUSH, redelivered), nothing
     is left in unacked, and a later worker runs them."""
+    if kind == "python":
+        # Celery 5.2.6 is no reference here: depending on timing it starts one of
+        # the reserved tasks, leaves one in `unacked` for the visibility timeout,
+        # or restores all three (all three seen in CI runs).
+        pytest.skip("celeriac-only: Celery's own behaviour varies with timing")
     r0 = redis_server.client(0)
     w = start_worker(kind, concurrency=1, env={"CELERY_TASK_TRACK_STARTED": "1"})
     running = send(celery_app, "apply_async", "examples.sleep", [1.5])
@@ -83,14 +88,6 @@ def test_warm_shutdown_restores_prefetched(start_worker, kind, celery_app, redis
     assert running.get(timeout=5) == 1.5
     states = [r.state for r in rest]
     held = r0.hlen("unacked")
-    # Nothing is lost: each of the three ran, went back to the queue, or (Celery
-    # only) is still held in `unacked` for the visibility timeout.
-    assert r0.llen("celery") + states.count("SUCCESS") + held == 3, (states, held)
-    if kind == "python":
-        # Celery 5.2.6 sometimes starts one of them before it stops consuming, or
-        # leaves one it had handed to its pool in `unacked`; the stricter
-        # guarantee below is celeriac's.
-        return
     assert states == ["PENDING"] * 3, states
     assert r0.llen("celery") == 3 and held == 0
     for raw in r0.lrange("celery", 0, -1):
