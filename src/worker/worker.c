@@ -158,7 +158,6 @@ static void store(worker *w, const cel_message *m, const char *status, json_t *r
     w->stores_pending++;
 }
 
-#define exc_dict cel_exc_dict
 
 static void publish_retry(worker *w, request *r, double countdown)
 {
@@ -277,7 +276,7 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
                       "mark_as_worker_lost\nbilliard.exceptions.WorkerLostError: %s\n",
                  msg) < 0)
         tb = NULL;
-    json_t *exc = exc_dict("billiard.exceptions", "WorkerLostError", json_pack("[s]", msg));
+    json_t *exc = cel_exc_dict("billiard.exceptions", "WorkerLostError", json_pack("[s]", msg));
     cel_error("Task %s[%s] raised unexpected: WorkerLostError('%s')", r->msg.task, r->msg.id,
               msg);
     if (!r->ignore_result)
@@ -337,7 +336,7 @@ static void receive(worker *w, cel_delivery *d)
         cel_error("Received unregistered task of type '%s'.\nThe message has been ignored and "
                   "discarded.\n\nDid you remember to load the task module (-A)?",
                   m->task);
-        json_t *exc = exc_dict("celery.exceptions", "NotRegistered", json_pack("[s]", m->task));
+        json_t *exc = cel_exc_dict("celery.exceptions", "NotRegistered", json_pack("[s]", m->task));
         /* Celery stores no group/parent for this path (its request is a
          * Bunch of name, root_id, reply_to, correlation_id). */
         const char *group = m->group, *parent = m->parent_id;
@@ -355,14 +354,7 @@ static void receive(worker *w, cel_delivery *d)
                        cel_option_on(o->ignore_result, w->cfg->task_ignore_result);
     r->job = ++w->next_job;
     r->state = REQ_RESERVED;
-    if (m->has_expires && m->expires <= cel_now()) {
-        cel_info("Discarding revoked task: %s[%s] (expired)", m->task, m->id);
-        json_t *exc = exc_dict("celery.exceptions", "TaskRevokedError", json_pack("[s]", "expired"));
-        if (!r->ignore_result)
-            store(w, m, "REVOKED", exc, NULL);
-        json_decref(exc);
-        goto drop_ack;
-    }
+    /* An already expired task is revoked by dispatch(), in this same turn. */
     cel_info("Task %s[%s] received", m->task, m->id);
     if (add_req(w, r) == 0)
         return;
@@ -393,6 +385,17 @@ static double dispatch(worker *w)
             i++;
             continue;
         }
+        if (r->msg.has_expires && r->msg.expires <= now) {
+            json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
+                                   json_pack("[s]", "expired"));
+            cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
+            if (!r->ignore_result)
+                store(w, &r->msg, "REVOKED", exc, NULL);
+            json_decref(exc);
+            ack(w, r);
+            drop_req(w, r);
+            continue;
+        }
         if (r->msg.has_eta && r->msg.eta > now) {
             if (r->msg.eta - now < next)
                 next = r->msg.eta - now;
@@ -402,17 +405,6 @@ static double dispatch(worker *w)
         }
         if (cel_pool_idle(w->pool) <= 0 || w->stop != RUNNING) {
             i++; /* shutting down: reserved requests are restored, not started */
-            continue;
-        }
-        if (r->msg.has_expires && r->msg.expires <= now) {
-            json_t *exc = exc_dict("celery.exceptions", "TaskRevokedError",
-                                   json_pack("[s]", "expired"));
-            cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
-            if (!r->ignore_result)
-                store(w, &r->msg, "REVOKED", exc, NULL);
-            json_decref(exc);
-            ack(w, r);
-            drop_req(w, r);
             continue;
         }
         size_t before = w->nreqs;
