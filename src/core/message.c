@@ -26,6 +26,7 @@
 
 #include "core/util.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -618,11 +619,544 @@ static cel_msg_status parse_rest(cel_message *m, const char *body, size_t body_l
     return CEL_MSG_OK;
 }
 
+/* ======================================================================
+ * Fast path: the envelope as kombu writes it, scanned without a tree
+ *
+ * Why: building a jansson tree of the ~1 KB envelope cost ~13 µs per message
+ * (in the parent and again in the pool process), the largest single item of
+ * a task's CPU.  This scanner validates the whole envelope as JSON but keeps
+ * only the fields the worker reads, copied (unescaped, NUL-terminated) into
+ * one arena; ~1 µs.  It accepts only what it can decide exactly: pure-ASCII
+ * text (kombu writes ensure_ascii JSON), no "\u0000", no escaped or repeated
+ * keys, and a message that parses without error.  Anything else — including
+ * every malformed message — bails out to the jansson path, so verdicts and
+ * error texts are exactly the jansson path's, and a unit test runs both on
+ * every fixture to prove the fields agree.
+ * ====================================================================== */
+
+enum { J_NULL, J_FALSE, J_TRUE, J_INT, J_REAL, J_STR, J_OBJECT, J_ARRAY };
+
+typedef struct jval {
+    bool seen;
+    int kind;
+    const char *s; /* J_STR: in the arena */
+    size_t n;
+    json_int_t i;
+    double d;
+    double pair[2];  /* timelimit: [hard, soft], -1 = none */
+} jval;
+
+typedef struct scan {
+    const char *p, *end;
+    char *arena;
+} scan;
+
+enum { F_BODY, F_CTYPE, F_CENC,                                              /* top */
+       F_TASK, F_ID, F_ROOT, F_PARENT, F_GROUP, F_SHADOW, F_ORIGIN, F_ARGSREPR, /* headers */
+       F_KWARGSREPR, F_GROUP_INDEX, F_IGNORE, F_HREDELIVERED, F_RETRIES, F_ETA, F_EXPIRES,
+       F_TIMELIMIT, F_COMPRESSION,
+       F_CORR, F_REPLY, F_TAG, F_PRIO, F_BODYENC,                               /* properties */
+       F_EXCHANGE, F_RKEY, F_DREDELIVERED,                                      /* delivery_info */
+       F_HEADERS, F_PROPS, F_DINFO,                                             /* containers */
+       F_COUNT };
+
+typedef enum { LV_TOP, LV_HEADERS, LV_PROPS, LV_DINFO } level;
+
+typedef struct field_name {
+    level lv;
+    unsigned char len;
+    const char *name;
+    int field;
+} field_name;
+
+#define FIELD(lv, name, f) {lv, sizeof name - 1, name, f}
+static const field_name FIELDS[] = {
+    FIELD(LV_TOP, "body", F_BODY), FIELD(LV_TOP, "content-type", F_CTYPE),
+    FIELD(LV_TOP, "content-encoding", F_CENC), FIELD(LV_TOP, "headers", F_HEADERS),
+    FIELD(LV_TOP, "properties", F_PROPS),
+    FIELD(LV_HEADERS, "task", F_TASK), FIELD(LV_HEADERS, "id", F_ID),
+    FIELD(LV_HEADERS, "root_id", F_ROOT), FIELD(LV_HEADERS, "parent_id", F_PARENT),
+    FIELD(LV_HEADERS, "group", F_GROUP), FIELD(LV_HEADERS, "shadow", F_SHADOW),
+    FIELD(LV_HEADERS, "origin", F_ORIGIN), FIELD(LV_HEADERS, "argsrepr", F_ARGSREPR),
+    FIELD(LV_HEADERS, "kwargsrepr", F_KWARGSREPR),
+    FIELD(LV_HEADERS, "group_index", F_GROUP_INDEX),
+    FIELD(LV_HEADERS, "ignore_result", F_IGNORE),
+    FIELD(LV_HEADERS, "redelivered", F_HREDELIVERED), FIELD(LV_HEADERS, "retries", F_RETRIES),
+    FIELD(LV_HEADERS, "eta", F_ETA), FIELD(LV_HEADERS, "expires", F_EXPIRES),
+    FIELD(LV_HEADERS, "timelimit", F_TIMELIMIT),
+    FIELD(LV_HEADERS, "compression", F_COMPRESSION),
+    FIELD(LV_PROPS, "correlation_id", F_CORR), FIELD(LV_PROPS, "reply_to", F_REPLY),
+    FIELD(LV_PROPS, "delivery_tag", F_TAG), FIELD(LV_PROPS, "priority", F_PRIO),
+    FIELD(LV_PROPS, "body_encoding", F_BODYENC), FIELD(LV_PROPS, "delivery_info", F_DINFO),
+    FIELD(LV_DINFO, "exchange", F_EXCHANGE), FIELD(LV_DINFO, "routing_key", F_RKEY),
+    FIELD(LV_DINFO, "redelivered", F_DREDELIVERED),
+};
+#undef FIELD
+
+static int field_of(level lv, const char *k, size_t n)
+{
+    for (size_t i = 0; i < sizeof FIELDS / sizeof FIELDS[0]; i++)
+        if (FIELDS[i].len == n && FIELDS[i].lv == lv && k[0] == FIELDS[i].name[0] &&
+            memcmp(FIELDS[i].name, k, n) == 0)
+            return FIELDS[i].field;
+    return -1;
+}
+
+static void scan_ws(scan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+        s->p++;
+}
+
+static int hex4(const char *p)
+{
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* At a '"'.  With `v`, the unescaped text goes to the arena. */
+static bool scan_string(scan *s, jval *v)
+{
+    const char *p = s->p + 1;
+    char *o = v ? s->arena : NULL;
+    char *start = o;
+    for (;;) {
+        if (p >= s->end)
+            return false;
+        unsigned char c = (unsigned char)*p;
+        if (c == '"')
+            break;
+        if (c < 0x20 || c >= 0x80)
+            return false;
+        if (c != '\\') {
+            if (o)
+                *o++ = (char)c;
+            p++;
+            continue;
+        }
+        if (s->end - p < 2)
+            return false;
+        char e = p[1];
+        p += 2;
+        switch (e) {
+        case '"': case '\\': case '/': c = (unsigned char)e; break;
+        case 'b': c = '\b'; break;
+        case 'f': c = '\f'; break;
+        case 'n': c = '\n'; break;
+        case 'r': c = '\r'; break;
+        case 't': c = '\t'; break;
+        case 'u': {
+            if (s->end - p < 4)
+                return false;
+            long cp = hex4(p);
+            p += 4;
+            if (cp <= 0 || (cp >= 0xdc00 && cp <= 0xdfff))
+                return false; /* \u0000 or a lone low surrogate: jansson decides */
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                if (s->end - p < 6 || p[0] != '\\' || p[1] != 'u')
+                    return false;
+                long lo = hex4(p + 2);
+                if (lo < 0xdc00 || lo > 0xdfff)
+                    return false;
+                p += 6;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            }
+            if (o) {
+                if (cp < 0x80) {
+                    *o++ = (char)cp;
+                } else if (cp < 0x800) {
+                    *o++ = (char)(0xc0 | (cp >> 6));
+                    *o++ = (char)(0x80 | (cp & 0x3f));
+                } else if (cp < 0x10000) {
+                    *o++ = (char)(0xe0 | (cp >> 12));
+                    *o++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+                    *o++ = (char)(0x80 | (cp & 0x3f));
+                } else {
+                    *o++ = (char)(0xf0 | (cp >> 18));
+                    *o++ = (char)(0x80 | ((cp >> 12) & 0x3f));
+                    *o++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+                    *o++ = (char)(0x80 | (cp & 0x3f));
+                }
+            }
+            continue;
+        }
+        default:
+            return false;
+        }
+        if (o)
+            *o++ = (char)c;
+    }
+    s->p = p + 1;
+    if (v) {
+        *o = '\0';
+        v->kind = J_STR;
+        v->s = start;
+        v->n = (size_t)(o - start);
+        s->arena = o + 1;
+    }
+    return true;
+}
+
+static bool digits(scan *s)
+{
+    const char *p0 = s->p;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+        s->p++;
+    return s->p > p0;
+}
+
+/* JSON's number grammar; the value is converted when `v` wants it. */
+static bool scan_number(scan *s, jval *v)
+{
+    const char *p0 = s->p;
+    bool is_int = true;
+    if (s->p < s->end && *s->p == '-')
+        s->p++;
+    if (s->p < s->end && *s->p == '0')
+        s->p++;
+    else if (!digits(s))
+        return false;
+    if (s->p < s->end && *s->p == '.') {
+        s->p++;
+        is_int = false;
+        if (!digits(s))
+            return false;
+    }
+    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+        s->p++;
+        is_int = false;
+        if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+            s->p++;
+        if (!digits(s))
+            return false;
+    }
+    if (!v)
+        return true;
+    char tmp[64];
+    size_t n = (size_t)(s->p - p0);
+    if (n >= sizeof tmp)
+        return false;
+    memcpy(tmp, p0, n);
+    tmp[n] = '\0';
+    errno = 0;
+    char *endp;
+    if (is_int) {
+        v->kind = J_INT;
+        v->i = strtoll(tmp, &endp, 10);
+    } else {
+        v->kind = J_REAL;
+        v->d = strtod(tmp, &endp);
+    }
+    return errno == 0 && *endp == '\0'; /* out of range: jansson's error */
+}
+
+static bool scan_literal(scan *s, const char *w, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0)
+        return false;
+    s->p += n;
+    return true;
+}
+
+static bool scan_value(scan *s, jval *v, int depth);
+
+/* After a member or element: 1 at ',' (another follows), 0 at `close` (the
+ * container ends), -1 for anything else.  Consumes what it found. */
+static int scan_next(scan *s, char close)
+{
+    scan_ws(s);
+    if (s->p >= s->end || (*s->p != ',' && *s->p != close))
+        return -1;
+    return *s->p++ == ',';
+}
+
+static bool scan_container(scan *s, jval *v, int depth)
+{
+    char close = *s->p == '{' ? '}' : ']';
+    bool obj = close == '}';
+    if (depth > 64)
+        return false;
+    if (v)
+        v->kind = obj ? J_OBJECT : J_ARRAY;
+    s->p++;
+    scan_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return true;
+    }
+    for (;;) {
+        scan_ws(s);
+        if (obj) {
+            if (s->p >= s->end || *s->p != '"' || !scan_string(s, NULL))
+                return false;
+            scan_ws(s);
+            if (s->p >= s->end || *s->p != ':')
+                return false;
+            s->p++;
+            scan_ws(s);
+        }
+        if (!scan_value(s, NULL, depth + 1))
+            return false;
+        int next = scan_next(s, close);
+        if (next <= 0)
+            return next == 0;
+    }
+}
+
+/* One value at s->p; with `v` its kind (and string/number) is kept. */
+static bool scan_value(scan *s, jval *v, int depth)
+{
+    if (s->p >= s->end)
+        return false;
+    switch (*s->p) {
+    case '"': return scan_string(s, v);
+    case '{': case '[': return scan_container(s, v, depth);
+    case 't': if (v) v->kind = J_TRUE; return scan_literal(s, "true", 4);
+    case 'f': if (v) v->kind = J_FALSE; return scan_literal(s, "false", 5);
+    case 'n': if (v) v->kind = J_NULL; return scan_literal(s, "null", 4);
+    default: return scan_number(s, v);
+    }
+}
+
+/* timelimit: [hard, soft], each a number or null. */
+static bool scan_timelimit(scan *s, jval *v)
+{
+    if (*s->p != '[')
+        return scan_value(s, v, 1) && v->kind == J_NULL;
+    s->p++;
+    for (int i = 0; i < 2; i++) {
+        jval e = {0};
+        scan_ws(s);
+        if (!scan_value(s, &e, 2))
+            return false;
+        if (e.kind == J_NULL)
+            v->pair[i] = -1;
+        else if (e.kind == J_INT || e.kind == J_REAL) {
+            double d = e.kind == J_INT ? (double)e.i : e.d;
+            v->pair[i] = d > 0 ? d : -1; /* Celery treats 0 as "no limit" */
+        } else
+            return false;
+        scan_ws(s);
+        if (s->p >= s->end || *s->p != (i == 0 ? ',' : ']'))
+            return false;
+        s->p++;
+    }
+    v->kind = J_ARRAY;
+    return true;
+}
+
+/* The members of an object at s->p ('{'), keeping the fields of `lv`. */
+static bool scan_members(scan *s, level lv, jval *f)
+{
+    s->p++;
+    scan_ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        return true;
+    }
+    for (;;) {
+        scan_ws(s);
+        if (s->p >= s->end || *s->p != '"')
+            return false;
+        const char *k = s->p + 1, *q = k;
+        while (q < s->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20 &&
+               (unsigned char)*q < 0x80)
+            q++;
+        if (q >= s->end || *q != '"')
+            return false; /* escaped key: jansson decides */
+        size_t kn = (size_t)(q - k);
+        s->p = q + 1;
+        scan_ws(s);
+        if (s->p >= s->end || *s->p != ':')
+            return false;
+        s->p++;
+        scan_ws(s);
+        if (s->p >= s->end)
+            return false;
+        int fi = field_of(lv, k, kn);
+        if (fi < 0) {
+            if (!scan_value(s, NULL, 1))
+                return false;
+        } else {
+            jval *v = &f[fi];
+            if (v->seen)
+                return false; /* a repeated key: jansson decides */
+            v->seen = true;
+            bool sub = fi == F_HEADERS || fi == F_PROPS || fi == F_DINFO;
+            if (sub && *s->p == '{') {
+                v->kind = J_OBJECT;
+                if (!scan_members(s, fi == F_HEADERS ? LV_HEADERS
+                                     : fi == F_PROPS ? LV_PROPS
+                                                     : LV_DINFO,
+                                  f))
+                    return false;
+            } else if (fi == F_TIMELIMIT) {
+                if (!scan_timelimit(s, v))
+                    return false;
+            } else if (!scan_value(s, v, 1)) {
+                return false;
+            }
+        }
+        int next = scan_next(s, '}');
+        if (next <= 0)
+            return next == 0;
+    }
+}
+
+static const char *fstr(const jval *v)
+{
+    return v->seen && v->kind == J_STR ? v->s : NULL;
+}
+
+static bool fast_time(const jval *v, bool *has, double *out)
+{
+    if (!v->seen || v->kind == J_NULL)
+        return true;
+    if (v->kind != J_STR || cel_iso8601_parse(v->s, out) < 0)
+        return false;
+    *has = true;
+    return true;
+}
+
+static bool fast_body(cel_message *m, const char *body, size_t body_len, bool base64);
+
+/* Fills `m` from a well-formed envelope and returns true, or returns false
+ * with `m` untouched (the caller takes the jansson path). */
+static bool fast_parse_redis(const char *data, size_t len, cel_message *m, bool decode_body)
+{
+    jval f[F_COUNT];
+    memset(f, 0, sizeof f);
+    char *raw = malloc(2 * len + 2);
+    if (!raw)
+        return false;
+    memcpy(raw, data, len);
+    raw[len] = '\0';
+    scan s = {.p = raw, .end = raw + len, .arena = raw + len + 1};
+    scan_ws(&s);
+    if (s.p >= s.end || *s.p != '{' || !scan_members(&s, LV_TOP, f))
+        goto bail;
+    scan_ws(&s);
+    if (s.p != s.end || f[F_HEADERS].kind != J_OBJECT || f[F_PROPS].kind != J_OBJECT)
+        goto bail;
+
+    cel_message t = {.raw = raw, .raw_len = len};
+    const jval *ct = &f[F_CTYPE];
+    t.content_type = !ct->seen || ct->kind == J_NULL ? CT_JSON
+                     : ct->kind == J_STR             ? ct->s
+                                                     : "(invalid)";
+    if (strcmp(t.content_type, CT_JSON) != 0)
+        goto bail;
+    t.content_encoding = fstr(&f[F_CENC]);
+    t.correlation_id = fstr(&f[F_CORR]);
+    t.reply_to = fstr(&f[F_REPLY]);
+    t.delivery_tag = fstr(&f[F_TAG]);
+    t.priority = f[F_PRIO].kind == J_INT ? clamp_int(f[F_PRIO].i) : 0;
+    t.exchange = fstr(&f[F_EXCHANGE]);
+    t.routing_key = fstr(&f[F_RKEY]);
+    if (!t.exchange)
+        t.exchange = "";
+    if (!t.routing_key)
+        t.routing_key = "";
+    t.redelivered = f[F_DREDELIVERED].kind == J_TRUE || f[F_HREDELIVERED].kind == J_TRUE;
+    const jval *be = &f[F_BODYENC];
+    bool base64 = be->seen && be->kind != J_NULL;
+    if (base64 && !(be->kind == J_STR && strcmp(be->s, "base64") == 0))
+        goto bail;
+
+    t.task = fstr(&f[F_TASK]);
+    t.id = fstr(&f[F_ID]);
+    if (!t.task || !t.id)
+        goto bail;
+    t.root_id = fstr(&f[F_ROOT]);
+    t.parent_id = fstr(&f[F_PARENT]);
+    t.group = fstr(&f[F_GROUP]);
+    t.shadow = fstr(&f[F_SHADOW]);
+    t.origin = fstr(&f[F_ORIGIN]);
+    t.argsrepr = fstr(&f[F_ARGSREPR]);
+    t.kwargsrepr = fstr(&f[F_KWARGSREPR]);
+    t.ignore_result = f[F_IGNORE].kind == J_TRUE;
+    const jval *r = &f[F_RETRIES];
+    if (r->seen && r->kind == J_INT)
+        t.retries = clamp_int(r->i);
+    else if (r->seen && r->kind != J_NULL)
+        goto bail;
+    if (!fast_time(&f[F_ETA], &t.has_eta, &t.eta) ||
+        !fast_time(&f[F_EXPIRES], &t.has_expires, &t.expires))
+        goto bail;
+    t.time_limit = t.soft_time_limit = -1;
+    if (f[F_TIMELIMIT].kind == J_ARRAY) {
+        t.time_limit = f[F_TIMELIMIT].pair[0];
+        t.soft_time_limit = f[F_TIMELIMIT].pair[1];
+    }
+    if (f[F_COMPRESSION].seen && f[F_COMPRESSION].kind != J_NULL)
+        goto bail;
+    const jval *gi = &f[F_GROUP_INDEX];
+    if (gi->seen && gi->kind != J_NULL && gi->kind != J_INT)
+        goto bail;
+    if (decode_body) {
+        const jval *b = &f[F_BODY];
+        if (b->kind != J_STR || !fast_body(&t, b->s, b->n, base64))
+            goto bail;
+    }
+    if (gi->seen && gi->kind == J_INT)
+        t.group_index = json_integer(gi->i); /* owned: see cel_message_clear */
+    *m = t;
+    return true;
+bail:
+    free(raw);
+    return false;
+}
+
+/* Stage 4 for the fast path; false (nothing kept) on any problem. */
+static bool fast_body(cel_message *m, const char *body, size_t body_len, bool base64)
+{
+    char *decoded = NULL;
+    const char *p = body;
+    size_t n = body_len;
+    if (base64) {
+        decoded = cel_b64_decode(body, body_len, &n);
+        if (!decoded)
+            return false;
+        p = decoded;
+    }
+    json_t *b = json_loadb(p, n, JSON_ALLOW_NUL | JSON_DECODE_ANY, NULL);
+    free(decoded);
+    size_t parts = json_is_array(b) ? json_array_size(b) : 0;
+    json_t *embed = parts == 3 ? json_array_get(b, 2) : NULL;
+    if ((parts != 2 && parts != 3) || !json_is_array(json_array_get(b, 0)) ||
+        !json_is_object(json_array_get(b, 1)) ||
+        (embed && !json_is_null(embed) && !json_is_object(embed))) {
+        json_decref(b);
+        return false;
+    }
+    m->body = b;
+    m->args = json_array_get(b, 0);
+    m->kwargs = json_array_get(b, 1);
+    m->embed = json_is_object(embed) ? embed : NULL;
+    return true;
+}
+
+static bool fast_scan = true;
+
+void cel_message_set_fast_scan(bool on) { fast_scan = on; }
+
 static cel_msg_status parse_redis(const char *data, size_t len, cel_message *m,
                                   bool decode_body, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
     set_err(err, errlen, "ok");
+    if (fast_scan && fast_parse_redis(data, len, m, decode_body))
+        return CEL_MSG_OK;
     json_error_t jerr;
     json_t *env = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
     m->envelope = env;
@@ -687,6 +1221,16 @@ cel_msg_status cel_message_parse_redis_head(const char *data, size_t len, cel_me
     return parse_redis(data, len, m, false, err, errlen);
 }
 
+json_t *cel_message_headers(const cel_message *m)
+{
+    if (m->headers || !m->raw)
+        return json_incref(m->headers);
+    json_t *env = json_loadb(m->raw, m->raw_len, JSON_ALLOW_NUL, NULL);
+    json_t *h = json_incref(json_object_get(env, "headers"));
+    json_decref(env);
+    return h;
+}
+
 cel_msg_status cel_message_parse_parts(cel_message *m, const char *body, size_t body_len,
                                        bool body_is_base64, char *err, size_t errlen)
 {
@@ -704,7 +1248,10 @@ void cel_message_clear(cel_message *m)
     if (!m)
         return;
     json_decref(m->body);
-    if (m->envelope)
+    if (m->raw) {
+        free(m->raw);
+        json_decref(m->group_index); /* the fast scan made it */
+    } else if (m->envelope)
         json_decref(m->envelope);
     else
         json_decref(m->headers); /* AMQP: headers were handed to us */

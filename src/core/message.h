@@ -22,7 +22,11 @@
  *                  `[list, object, object|null]`: CEL_MSG_DECODE_ERROR
  *                  (Celery: on_decode_error, ack, no result).
  *
- * Ownership: a parsed cel_message owns `envelope` and `body`; every `const
+ * Two parsers fill the same struct: a fast scan for well-formed envelopes
+ * (no tree; see message.c) and jansson for everything else, including every
+ * error, so verdicts and error texts come from one place.
+ *
+ * Ownership: a parsed cel_message owns `envelope` (or `raw`) and `body`; every `const
  * char *` and borrowed json_t field points into those and lives until
  * cel_message_clear().
  */
@@ -43,9 +47,14 @@ typedef enum cel_msg_status {
 } cel_msg_status;
 
 typedef struct cel_message {
-    json_t *envelope; /* owned; the parsed Redis envelope (NULL on AMQP) */
-    json_t *headers;  /* borrowed from envelope (or owned on AMQP) */
-    json_t *properties; /* borrowed from envelope */
+    json_t *envelope; /* owned; the parsed Redis envelope (NULL on AMQP and
+                         after the fast scan) */
+    json_t *headers;  /* borrowed from envelope (or owned on AMQP); NULL after
+                         the fast scan: use cel_message_headers() */
+    json_t *properties; /* borrowed from envelope; NULL after the fast scan */
+    char *raw;        /* owned; after the fast scan: the envelope text, then
+                         the arena the string fields point into */
+    size_t raw_len;
     json_t *body;     /* owned; decoded [args, kwargs, embed], NULL until stage 4 */
 
     /* properties */
@@ -102,6 +111,15 @@ cel_msg_status cel_message_parse_redis_head(const char *data, size_t len, cel_me
  * caller sets m->headers (ownership passes to m) and the property fields. */
 cel_msg_status cel_message_parse_parts(cel_message *m, const char *body, size_t body_len,
                                        bool body_is_base64, char *err, size_t errlen);
+
+/* The message's headers as a JSON object: a new reference the caller
+ * releases, or NULL.  Parses the kept envelope text when the fast scan
+ * filled `m` (only task code asking for headers pays for the tree). */
+json_t *cel_message_headers(const cel_message *m);
+
+/* Tests only: turns the fast envelope scan off (on by default) so both
+ * parsers can be run on the same input and compared. */
+void cel_message_set_fast_scan(bool on);
 
 /* Releases what `m` owns and zeroes it. */
 void cel_message_clear(cel_message *m);

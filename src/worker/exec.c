@@ -22,6 +22,7 @@ struct cel_task {
     cel_state_cb state_cb;
     void *state_ud;
     json_t *delivery_info; /* built on first use */
+    json_t *headers;       /* parsed on first use */
     /* outcome */
     bool done;
     int status;
@@ -177,7 +178,13 @@ const char *cel_task_parent_id(const cel_task *t) { return t->m->parent_id; }
 const char *cel_task_group_id(const cel_task *t) { return t->m->group; }
 const char *cel_task_hostname(const cel_task *t) { return t->env->hostname; }
 int cel_task_retries(const cel_task *t) { return t->m->retries; }
-const json_t *cel_task_headers(const cel_task *t) { return t->m->headers; }
+const json_t *cel_task_headers(const cel_task *t)
+{
+    cel_task *mt = (cel_task *)t; /* a cache, not a change of state */
+    if (!mt->headers)
+        mt->headers = cel_message_headers(t->m);
+    return mt->headers;
+}
 bool cel_task_soft_limit_exceeded(const cel_task *t) { return t->soft_flag && *t->soft_flag; }
 
 const json_t *cel_task_delivery_info(const cel_task *t)
@@ -283,4 +290,5 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
     json_decref(t.result);
     json_decref(t.exc_args);
     json_decref(t.delivery_info);
+    json_decref(t.headers);
 }
