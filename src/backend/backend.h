@@ -2,10 +2,12 @@
  * AsyncResult sees them.
  *
  * A backend is a small vtable (Redis now, rpc:// with the AMQP transport).
- * Writes are queued with cel_backend_store_raw and sent in one pipelined round
- * trip by cel_backend_flush, which the worker calls once per loop turn and
- * before it acks an acks_late message (a result is stored before its
- * message is acked, as in Celery).
+ * Writes are queued with cel_backend_store_raw.  The worker's loop sends
+ * them with cel_backend_send once per turn without waiting, and reads the
+ * reply when the backend's fd turns readable (cel_backend_recv), so a store
+ * round trip never stalls the loop.  cel_backend_flush stores everything and
+ * waits: the worker calls it before it acks an acks_late message (a result
+ * is stored before its message is acked, as in Celery) and at shutdown.
  */
 #ifndef CELERIAC_BACKEND_H
 #define CELERIAC_BACKEND_H
@@ -38,7 +40,17 @@ typedef struct cel_backend_ops {
      * copied.  `reply_to` routes rpc:// records. */
     int (*store_raw)(cel_backend *b, const char *task_id, const char *reply_to,
                      const char *meta, size_t len);
+    /* Stores every queued record and waits for the outcome.  0 = stored;
+     * -1 = kept for a later try (backend away). */
     int (*flush)(cel_backend *b);
+    /* Writes the queued records without waiting; a no-op while a batch is
+     * still in flight.  NULL: send = flush. */
+    int (*send)(cel_backend *b);
+    /* The fd to poll for the reply to a batch in flight, or -1 (none). */
+    int (*reply_fd)(cel_backend *b);
+    /* Reads the reply to the batch in flight (call when reply_fd is
+     * readable). */
+    int (*recv)(cel_backend *b);
     void (*close)(cel_backend *b);
 } cel_backend_ops;
 
@@ -66,6 +78,18 @@ static inline int cel_backend_store_raw(cel_backend *b, const char *task_id,
     return b->ops->store_raw(b, task_id, reply_to, meta, len);
 }
 static inline int cel_backend_flush(cel_backend *b) { return b->ops->flush(b); }
+static inline int cel_backend_send(cel_backend *b)
+{
+    return b->ops->send ? b->ops->send(b) : b->ops->flush(b);
+}
+static inline int cel_backend_reply_fd(cel_backend *b)
+{
+    return b->ops->reply_fd ? b->ops->reply_fd(b) : -1;
+}
+static inline int cel_backend_recv(cel_backend *b)
+{
+    return b->ops->recv ? b->ops->recv(b) : 0;
+}
 static inline void cel_backend_close(cel_backend *b)
 {
     if (b)

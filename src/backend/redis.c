@@ -92,8 +92,6 @@ static int rb_store_raw(cel_backend *base, const char *task_id, const char *repl
                         const char *meta, size_t len)
 {
     redis_backend *b = (redis_backend *)base;
-    if (b->inflight) /* keep the batch on the wire intact */
-        rb_recv(base);
     char *key = NULL, *text = malloc(len + 1);
     if (!text || asprintf(&key, "celery-task-meta-%s", task_id) < 0) {
         free(text);
@@ -116,19 +114,19 @@ static int rb_store_raw(cel_backend *base, const char *task_id, const char *repl
     return 0;
 }
 
-/* Appends one EVALSHA storing q[0..n) and writes it out. */
-static int append_batch(redis_backend *b)
+/* Appends one EVALSHA storing q[0..count) and writes it out. */
+static int append_batch(redis_backend *b, size_t count)
 {
-    size_t argc = 2 * b->n + 1;
+    size_t argc = 2 * count + 1;
     const char **argv = malloc(argc * sizeof *argv);
     if (!argv)
         return -1;
-    for (size_t i = 0; i < b->n; i++) {
+    for (size_t i = 0; i < count; i++) {
         argv[i] = b->q[i].key;
-        argv[b->n + 1 + i] = b->q[i].meta;
+        argv[count + 1 + i] = b->q[i].meta;
     }
-    argv[b->n] = b->ttl;
-    int rc = cel_rscript_append(b->c, &b->store, (int)b->n, (int)argc, argv, NULL);
+    argv[count] = b->ttl;
+    int rc = cel_rscript_append(b->c, &b->store, (int)count, (int)argc, argv, NULL);
     free(argv);
     int done = 0;
     while (rc == 0 && !done)
@@ -137,17 +135,20 @@ static int append_batch(redis_backend *b)
     return rc;
 }
 
-static void drop_queue(redis_backend *b)
+/* Forgets q[0..count) (stored, or given up). */
+static void drop_front(redis_backend *b, size_t count)
 {
-    for (size_t i = 0; i < b->n; i++) {
+    for (size_t i = 0; i < count; i++) {
         free(b->q[i].key);
         free(b->q[i].meta);
     }
-    b->n = b->inflight = 0;
+    memmove(b->q, b->q + count, (b->n - count) * sizeof *b->q);
+    b->n -= count;
+    b->inflight = 0;
 }
 
 /* Reads the batch's reply: 0 stored, 1 NOSCRIPT, -1 connection error. */
-static int read_batch(redis_backend *b)
+static int read_batch(redis_backend *b, size_t count)
 {
     redisReply *r = NULL;
     if (redisGetReply(b->c, (void **)&r) != REDIS_OK)
@@ -157,7 +158,7 @@ static int read_batch(redis_backend *b)
         if (strncmp(r->str, "NOSCRIPT", 8) == 0) {
             rc = 1;
         } else {
-            cel_error("result backend: storing %zu result(s) failed: %s", b->n, r->str);
+            cel_error("result backend: storing %zu result(s) failed: %s", count, r->str);
             rc = 0; /* a server-side refusal; retrying would not help */
         }
     }
@@ -171,48 +172,60 @@ static int rb_send(cel_backend *base)
     if (!b->n || b->inflight)
         return 0;
     if (ensure_conn(b) < 0 || (!b->store.sha[0] && cel_rscript_load(b->c, &b->store) < 0) ||
-        append_batch(b) < 0)
+        append_batch(b, b->n) < 0)
         return -1; /* rb_recv retries synchronously */
     b->inflight = b->n;
     return 0;
 }
 
+/* Completes one batch: the one in flight, else the queue as it is now. */
 static int rb_recv(cel_backend *base)
 {
     redis_backend *b = (redis_backend *)base;
     if (!b->n)
         return 0;
-    /* Records queued after the last send go out now, synchronously. */
-    int rc = b->inflight || rb_send(base) == 0 ? read_batch(b) : -1;
-    /* Slow path: reconnect, reload the script, resend the batch. */
-    for (int attempt = 0; attempt < 2 && rc != 0; attempt++) {
+    size_t count = b->inflight ? b->inflight : b->n;
+    int rc = b->inflight ? read_batch(b, count) : -1;
+    /* Slow path: (re)connect, reload the script, resend the batch. */
+    for (int attempt = 0; attempt < 3 && rc != 0; attempt++) {
         if (rc == 1) {
             b->store.sha[0] = 0;
-        } else if (b->c) {
+        } else if (b->c && attempt > 0) {
             outage(b, b->c->err ? b->c->errstr : "connection lost");
             redisFree(b->c);
             b->c = NULL;
         }
         if (ensure_conn(b) < 0 || (!b->store.sha[0] && cel_rscript_load(b->c, &b->store) < 0) ||
-            append_batch(b) < 0) {
+            append_batch(b, count) < 0) {
             rc = -1;
             continue;
         }
-        rc = read_batch(b);
+        rc = read_batch(b, count);
     }
     b->inflight = 0;
     if (rc != 0 && b->n < MAX_QUEUED) /* keep them for the next flush */
         return -1;
     if (rc != 0)
         cel_error("result backend: unreachable with %zu results queued; dropping them", b->n);
-    drop_queue(b);
+    drop_front(b, rc == 0 ? count : b->n);
     return rc == 0 ? 0 : -1;
+}
+
+static int rb_reply_fd(cel_backend *base)
+{
+    redis_backend *b = (redis_backend *)base;
+    return b->inflight && b->c ? b->c->fd : -1;
 }
 
 static int rb_flush(cel_backend *base)
 {
-    rb_send(base);
-    return rb_recv(base);
+    redis_backend *b = (redis_backend *)base;
+    while (b->n) {
+        rb_send(base);
+        if (rb_recv(base) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 static void rb_close(cel_backend *base)
@@ -221,7 +234,7 @@ static void rb_close(cel_backend *base)
     rb_flush(base);
     if (b->n) {
         cel_error("result backend: still unreachable at shutdown; %zu result(s) not stored", b->n);
-        drop_queue(b);
+        drop_front(b, b->n);
     }
     if (b->c)
         redisFree(b->c);
@@ -230,7 +243,8 @@ static void rb_close(cel_backend *base)
     free(b);
 }
 
-static const cel_backend_ops redis_ops = {rb_store_raw, rb_flush, rb_close};
+static const cel_backend_ops redis_ops = {rb_store_raw, rb_flush, rb_send, rb_reply_fd, rb_recv,
+                                          rb_close};
 
 cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,
                                     size_t errlen)

