@@ -8,8 +8,8 @@
 
 CELERIAC_PACKAGES=(
     meson ninja-build pkg-config gcc
-    libhiredis-dev libjansson-dev uuid-dev zlib1g-dev libcmocka-dev
-    redis-server python3-celery python3-redis python3-pytest
+    libhiredis-dev libjansson-dev uuid-dev zlib1g-dev libcmocka-dev librabbitmq-dev
+    redis-server rabbitmq-server python3-celery python3-redis python3-pytest
 )
 
 # The Python that has celery/redis/pytest (Debian's), whatever comes first on PATH.

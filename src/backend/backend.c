@@ -59,8 +59,11 @@ cel_backend *cel_backend_open(const char *url, const cel_config *cfg, char *err,
     case CEL_URL_UNIX:
         b = cel_backend_redis_open(&u, cfg, err, errlen);
         break;
+    case CEL_URL_RPC:
+        b = cel_backend_rpc_open(cfg, err, errlen);
+        break;
     default:
-        snprintf(err, errlen, "result backend scheme not supported yet (use redis://)");
+        snprintf(err, errlen, "not a result backend URL (use redis:// or rpc://)");
         break;
     }
     cel_url_free(&u);

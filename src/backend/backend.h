@@ -1,7 +1,7 @@
 /* backend.h — result backends: where task states go so that Python's
  * AsyncResult sees them.
  *
- * A backend is a small vtable (Redis now, rpc:// with the AMQP transport).
+ * A backend is a small vtable: Redis (redis.c) and rpc:// (rpc.c).
  * Writes are queued with cel_backend_store_raw.  The worker's loop sends
  * them with cel_backend_send once per turn without waiting, and reads the
  * reply when the backend's fd turns readable (cel_backend_recv), so a store
@@ -57,6 +57,7 @@ typedef struct cel_backend_ops {
 struct cel_backend {
     const cel_backend_ops *ops;
     bool extended;        /* result_extended */
+    bool for_rpc;         /* records in the rpc:// shape (no date_done) */
     double expires;       /* result_expires seconds; 0 = never */
 };
 
@@ -95,6 +96,9 @@ static inline void cel_backend_close(cel_backend *b)
     if (b)
         b->ops->close(b);
 }
+
+/* rpc:// over the amqp:// broker of `cfg` (rpc.c). */
+cel_backend *cel_backend_rpc_open(const cel_config *cfg, char *err, size_t errlen);
 
 /* Redis implementation (redis.c). */
 cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,

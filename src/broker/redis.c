@@ -700,8 +700,19 @@ static void rt_close(cel_transport *base)
 }
 
 static const cel_transport_ops redis_ops = {
-    rt_fetch, rt_wait_start, rt_wait_ready, rt_waiting, rt_wait_cancel, rt_wait_fd, rt_ack, rt_reject,
-    rt_restore, rt_flush, rt_restore_visible, rt_publish, rt_close,
+    .fetch = rt_fetch,
+    .wait_start = rt_wait_start,
+    .wait_ready = rt_wait_ready,
+    .waiting = rt_waiting,
+    .wait_cancel = rt_wait_cancel,
+    .wait_fd = rt_wait_fd,
+    .ack = rt_ack,
+    .reject = rt_reject,
+    .restore = rt_restore,
+    .flush = rt_flush,
+    .restore_visible = rt_restore_visible,
+    .publish = rt_publish,
+    .close = rt_close,
 };
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -772,8 +783,10 @@ cel_transport *cel_transport_open(const cel_config *cfg, bool consume, char *err
     cel_transport *t = NULL;
     if (u.scheme == CEL_URL_REDIS || u.scheme == CEL_URL_UNIX)
         t = cel_redis_transport_open(&u, cfg, consume, err, errlen);
+    else if (u.scheme == CEL_URL_AMQP || u.scheme == CEL_URL_AMQPS)
+        t = cel_amqp_transport_open(&u, cfg, consume, err, errlen);
     else
-        snprintf(err, errlen, "broker transport not supported yet (use redis://)");
+        snprintf(err, errlen, "not a broker URL (use redis:// or amqp://)");
     cel_url_free(&u);
     return t;
 }

@@ -58,6 +58,9 @@ typedef struct cel_transport_ops {
      * `celeriac call`). */
     int (*publish)(cel_transport *t, const char *queue, int priority, const char *raw,
                    size_t len);
+    /* Called once per loop turn: keeps the connection alive (AMQP
+     * heartbeats, frames read ahead, reconnects).  May be NULL. */
+    int (*tick)(cel_transport *t);
     void (*close)(cel_transport *t);
 } cel_transport_ops;
 
@@ -73,5 +76,7 @@ cel_transport *cel_transport_open(const cel_config *cfg, bool consume, char *err
 
 cel_transport *cel_redis_transport_open(const cel_url *u, const cel_config *cfg,
                                         bool consume, char *err, size_t errlen);
+cel_transport *cel_amqp_transport_open(const cel_url *u, const cel_config *cfg, bool consume,
+                                       char *err, size_t errlen);
 
 #endif

@@ -316,15 +316,15 @@ static void receive(worker *w, cel_delivery *d)
         goto drop_ack;
     case CEL_MSG_NO_TASK:
         cel_warn("Received and deleted unknown message. Wrong destination?!? (%s)", err);
-        goto drop_ack;
+        goto drop_reject;
     case CEL_MSG_INVALID:
         cel_error("Received invalid task message: %s. The message has been rejected.", err);
-        goto drop_ack;
+        goto drop_reject;
     case CEL_MSG_DISALLOWED:
         cel_error("Refusing to deserialize untrusted content of type %s (task %s[%s]); "
                   "the message has been rejected",
                   m->content_type, m->task ? m->task : "?", m->id ? m->id : "?");
-        goto drop_ack;
+        goto drop_reject;
     case CEL_MSG_DECODE_ERROR:
         cel_crit("Can't decode message body: %s (type:%s encoding:%s) task %s[%s]; "
                  "the message has been discarded",
@@ -346,7 +346,7 @@ static void receive(worker *w, cel_delivery *d)
         m->group = group;
         m->parent_id = parent;
         json_decref(exc);
-        goto drop_ack;
+        goto drop_reject;
     }
     const cel_task_options *o = &r->def->opts;
     r->acks_late = cel_option_on(o->acks_late, w->cfg->task_acks_late);
@@ -360,6 +360,14 @@ static void receive(worker *w, cel_delivery *d)
     if (add_req(w, r) == 0)
         return;
     cel_error("out of memory holding task %s[%s]; it will be redelivered", m->task, m->id);
+    goto drop;
+drop_reject:
+    /* Celery rejects (requeue=False) what it cannot run and acks what it
+     * cannot decode; on Redis both delete the message. */
+    if (m->delivery_tag) {
+        w->tr->ops->reject(w->tr, m->delivery_tag, false);
+        w->acks_pending++;
+    }
     goto drop;
 drop_ack:
     if (m->delivery_tag) {
@@ -497,10 +505,11 @@ static int connect_broker(worker *w)
         cel_crit("Cannot connect to broker: %s", err);
         return -1;
     }
-    bool supported = u.scheme == CEL_URL_REDIS || u.scheme == CEL_URL_UNIX;
+    bool supported = u.scheme == CEL_URL_REDIS || u.scheme == CEL_URL_UNIX ||
+                     u.scheme == CEL_URL_AMQP;
     cel_url_free(&u);
     if (!supported) {
-        cel_crit("Cannot use broker: only redis:// is supported by this version of celeriac");
+        cel_crit("Cannot use broker: this build of celeriac speaks redis:// and amqp://");
         return -1;
     }
     for (int attempt = 0;; attempt++) {
@@ -575,6 +584,7 @@ int cel_worker_main(cel_config *cfg)
     }
     w->env = (cel_exec_env){.reg = w->reg, .hostname = cfg->hostname,
                             .store_results = w->be != NULL, .extended = cfg->result_extended,
+                            .for_rpc = w->be && w->be->for_rpc,
                             .ignore_result = cfg->task_ignore_result};
     cel_pool_events ev = {pool_on_outcome, pool_on_state, pool_on_lost, pool_on_started};
     int procs = cfg->pool == CEL_POOL_SOLO ? 0 : cfg->concurrency;
@@ -617,6 +627,8 @@ int cel_worker_main(cel_config *cfg)
             cel_backend_flush(w->be);
         w->late_acks_pending = 0;
         bool more = false, fetched = false;
+        if (w->tr->ops->tick)
+            w->tr->ops->tick(w->tr);
         if (w->stop == RUNNING && !w->tr->ops->waiting(w->tr)) {
             /* kombu's QoS: the budget counts unacked messages — an early-ack
              * task stops counting once it starts — and Celery raises the

@@ -143,6 +143,7 @@ static int for_each_envelope(const char *dir, bool captures, void (*fn)(const ch
     while ((e = readdir(d))) {
         size_t l = strlen(e->d_name);
         if (l < 6 || strcmp(e->d_name + l - 5, ".json") != 0 ||
+            (!captures && strncmp(e->d_name, "redis-", 6) != 0) ||
             (fn == mutate && !mutated(e->d_name)))
             continue;
         char path[4096];

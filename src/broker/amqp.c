@@ -1,0 +1,652 @@
+/* amqp.c — the AMQP 0-9-1 transport (RabbitMQ), on librabbitmq-c.
+ *
+ * Topology is Celery 5.2's (shared/docs/celery-wire-contract.md §4.1): for
+ * each consumed queue Q a durable direct exchange Q, a durable queue Q with
+ * no arguments, bound with routing key Q — exactly what
+ * task_create_missing_queues declares, so Python producers and workers can
+ * use a queue celeriac declared first.  basic.qos(prefetch, global) bounds
+ * the unacked messages at the broker; the worker's own budget mirrors it.
+ *
+ * The worker loop speaks Redis envelopes (one parser, one pool protocol), so
+ * each delivery is turned into the envelope kombu's Redis transport would
+ * carry: headers from the AMQP table, properties, delivery_info, the body in
+ * base64, and a delivery tag "<connection generation>:<AMQP tag>".
+ *
+ * Why the generation: an AMQP delivery tag is only meaningful on the channel
+ * that delivered it.  After a reconnect the broker redelivers everything
+ * that was unacked, with new tags; an ack for an old tag on the new channel
+ * would ack the wrong message or kill the channel.  Acks and rejects for an
+ * older generation are dropped (the redelivery will run the task again —
+ * only tasks whose ack had not reached the broker run twice).
+ *
+ * Frames are read without blocking whenever the loop calls in (fetch, the
+ * wait fd turning readable, tick); deliveries beyond what the loop asked for
+ * wait in `pending`, bounded by the broker's QoS.  Publishing (retries,
+ * `celeriac call`) uses a second connection in confirm mode, opened on first
+ * use, as Python's worker publishes on producer connections of its own.
+ */
+#include "broker/amqp_table.h"
+#include "broker/transport.h"
+#include "core/aconn.h"
+#include "core/log.h"
+#include "core/util.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BROKER_HEARTBEAT 120 /* Celery's broker_heartbeat */
+#define CONNECT_TIMEOUT 5.0
+#define PUBLISH_TIMEOUT 30.0
+
+typedef struct tagged {
+    uint64_t tag;
+    bool reject, requeue;
+} tagged;
+
+typedef struct amqp_transport {
+    cel_transport base;
+    cel_url url;
+    bool consume;
+    int prefetch;
+    char **queues;
+    int nqueues;
+    char **ctags; /* consumer tag per queue */
+    char **declared; /* queues declared on the publishing connection */
+    size_t ndeclared;
+    cel_aconn *a;   /* consuming connection */
+    cel_aconn *pub; /* publishing connection (confirm mode), lazily */
+    unsigned gen;   /* connection generation, in every delivery tag */
+    cel_delivery *pending;
+    size_t npending, cappending;
+    tagged *out; /* acks and rejects waiting for flush */
+    size_t nout, capout;
+    bool waiting;
+    double down_since, next_retry;
+    int retries;
+} amqp_transport;
+
+static void went_down(amqp_transport *t, const char *why)
+{
+    if (t->down_since == 0) {
+        t->down_since = cel_monotonic();
+        cel_error("consumer: Connection to broker lost: %s. Trying to re-establish the "
+                  "connection...",
+                  why);
+    }
+    /* Unacked deliveries go back to the queue with the connection; ours are
+     * dropped, and acks for them are meaningless now. */
+    for (size_t i = 0; i < t->npending; i++)
+        cel_delivery_free(&t->pending[i]);
+    t->npending = 0;
+    t->nout = 0;
+    cel_aconn_abort(t->a);
+    t->a = NULL;
+    t->gen++;
+    t->waiting = false;
+}
+
+static int check_reply(cel_aconn *a, const char *what, char *err, size_t errlen)
+{
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(a->c);
+    if (r.reply_type == AMQP_RESPONSE_NORMAL)
+        return 0;
+    char why[256];
+    snprintf(err, errlen, "%s: %s", what, cel_aconn_error(r, why, sizeof why));
+    return -1;
+}
+
+/* Declares exchange, queue and binding for queue `q` on connection `a`, as
+ * Celery does for a queue it creates. */
+static int declare_queue(cel_aconn *a, const char *q, char *err, size_t errlen)
+{
+    amqp_exchange_declare(a->c, CEL_ACH, cel_abytes(q), cel_abytes("direct"), 0, 1, 0, 0,
+                          amqp_empty_table);
+    if (check_reply(a, "exchange.declare", err, errlen) < 0)
+        return -1;
+    amqp_queue_declare(a->c, CEL_ACH, cel_abytes(q), 0, 1, 0, 0, amqp_empty_table);
+    if (check_reply(a, "queue.declare", err, errlen) < 0)
+        return -1;
+    amqp_queue_bind(a->c, CEL_ACH, cel_abytes(q), cel_abytes(q), cel_abytes(q), amqp_empty_table);
+    return check_reply(a, "queue.bind", err, errlen);
+}
+
+/* Opens the consuming connection: declare, qos, consume. */
+static int connect_consumer(amqp_transport *t, char *err, size_t errlen)
+{
+    t->a = cel_aconn_open(&t->url, BROKER_HEARTBEAT, false, CONNECT_TIMEOUT, err, errlen);
+    if (!t->a)
+        return -1;
+    for (int i = 0; i < t->nqueues; i++)
+        if (declare_queue(t->a, t->queues[i], err, errlen) < 0)
+            goto fail;
+    if (!t->consume)
+        return 0;
+    /* Celery: prefetch_count = concurrency × multiplier, global (§4.3).  0
+     * (unlimited) is AMQP's "no limit" too. */
+    amqp_basic_qos(t->a->c, CEL_ACH, 0, (uint16_t)(t->prefetch > 65535 ? 0 : t->prefetch), 1);
+    if (check_reply(t->a, "basic.qos", err, errlen) < 0)
+        goto fail;
+    for (int i = 0; i < t->nqueues; i++) {
+        amqp_basic_consume_ok_t *ok = amqp_basic_consume(
+            t->a->c, CEL_ACH, cel_abytes(t->queues[i]), amqp_empty_bytes, 0, 0, 0,
+            amqp_empty_table);
+        if (check_reply(t->a, "basic.consume", err, errlen) < 0 || !ok)
+            goto fail;
+        free(t->ctags[i]);
+        t->ctags[i] = strndup(ok->consumer_tag.bytes, ok->consumer_tag.len);
+    }
+    cel_aconn_sent(t->a);
+    return 0;
+fail:
+    cel_aconn_abort(t->a);
+    t->a = NULL;
+    return -1;
+}
+
+/* Reconnects when down and the backoff allows.  0 = connected. */
+static int ensure_up(amqp_transport *t)
+{
+    if (t->a)
+        return 0;
+    double now = cel_monotonic();
+    if (now < t->next_retry)
+        return -1;
+    char err[512];
+    if (connect_consumer(t, err, sizeof err) < 0) {
+        t->retries++;
+        double delay = t->retries < 15 ? 2.0 * t->retries : 30.0;
+        t->next_retry = now + delay;
+        cel_debug("broker: reconnect failed (%s); next try in %.0f s", err, delay);
+        return -1;
+    }
+    cel_warn("consumer: Connected to broker again after %.1f s", now - t->down_since);
+    t->down_since = 0;
+    t->retries = 0;
+    return 0;
+}
+
+static const char *queue_of(const amqp_transport *t, amqp_bytes_t ctag)
+{
+    for (int i = 0; i < t->nqueues; i++)
+        if (t->ctags[i] && strlen(t->ctags[i]) == ctag.len &&
+            memcmp(t->ctags[i], ctag.bytes, ctag.len) == 0)
+            return t->queues[i];
+    return t->nqueues ? t->queues[0] : "";
+}
+
+static json_t *bytes_str(amqp_bytes_t b)
+{
+    json_t *s = json_stringn(b.bytes, b.len);
+    return s ? s : json_null(); /* not UTF-8: treated as absent */
+}
+
+/* The kombu-Redis-shaped envelope for one delivery. */
+static char *envelope_of(amqp_transport *t, const amqp_envelope_t *e, size_t *len)
+{
+    const amqp_basic_properties_t *p = &e->message.properties;
+    json_t *env = json_object(), *props = json_object(), *di = json_object();
+    json_t *headers = p->_flags & AMQP_BASIC_HEADERS_FLAG ? cel_amqp_table_to_json(&p->headers)
+                                                          : json_object();
+    char *b64 = cel_b64_encode(e->message.body.bytes, e->message.body.len, NULL);
+    char tag[48];
+    snprintf(tag, sizeof tag, "%u:%" PRIu64, t->gen, e->delivery_tag);
+    char *text = NULL;
+    if (!env || !props || !di || !headers || !b64)
+        goto done;
+    json_object_set_new(env, "body", json_string(b64));
+    if (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)
+        json_object_set_new(env, "content-type", bytes_str(p->content_type));
+    if (p->_flags & AMQP_BASIC_CONTENT_ENCODING_FLAG)
+        json_object_set_new(env, "content-encoding", bytes_str(p->content_encoding));
+    json_object_set(env, "headers", headers);
+    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
+        json_object_set_new(props, "correlation_id", bytes_str(p->correlation_id));
+    if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
+        json_object_set_new(props, "reply_to", bytes_str(p->reply_to));
+    if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG)
+        json_object_set_new(props, "delivery_mode", json_integer(p->delivery_mode));
+    json_object_set_new(di, "exchange", json_stringn(e->exchange.bytes, e->exchange.len));
+    json_object_set_new(di, "routing_key",
+                        json_stringn(e->routing_key.bytes, e->routing_key.len));
+    if (e->redelivered)
+        json_object_set_new(di, "redelivered", json_true());
+    json_object_set(props, "delivery_info", di);
+    json_object_set_new(props, "priority",
+                        json_integer(p->_flags & AMQP_BASIC_PRIORITY_FLAG ? p->priority : 0));
+    json_object_set_new(props, "body_encoding", json_string("base64"));
+    json_object_set_new(props, "delivery_tag", json_string(tag));
+    json_object_set(env, "properties", props);
+    text = json_dumps(env, JSON_ENSURE_ASCII);
+    if (text)
+        *len = strlen(text);
+done:
+    free(b64);
+    json_decref(headers);
+    json_decref(di);
+    json_decref(props);
+    json_decref(env);
+    return text;
+}
+
+static int keep(amqp_transport *t, const amqp_envelope_t *e)
+{
+    if (t->npending == t->cappending) {
+        size_t cap = t->cappending ? 2 * t->cappending : 16;
+        cel_delivery *p = realloc(t->pending, cap * sizeof *p);
+        if (!p)
+            return -1;
+        t->pending = p;
+        t->cappending = cap;
+    }
+    cel_delivery d = {0};
+    d.raw = envelope_of(t, e, &d.len);
+    d.queue = strdup(queue_of(t, e->consumer_tag));
+    if (!d.raw || !d.queue) {
+        cel_delivery_free(&d);
+        return -1;
+    }
+    t->pending[t->npending++] = d;
+    return 0;
+}
+
+/* A frame other than a delivery: heartbeats are the library's; a closed
+ * channel or connection, or a cancelled consumer, ends the connection. */
+static int other_frame(amqp_transport *t)
+{
+    amqp_frame_t f;
+    struct timeval tv = {0, 0};
+    int st = amqp_simple_wait_frame_noblock(t->a->c, &f, &tv);
+    if (st == AMQP_STATUS_TIMEOUT)
+        return 0;
+    if (st != AMQP_STATUS_OK) {
+        went_down(t, amqp_error_string2(st));
+        return -1;
+    }
+    if (f.frame_type != AMQP_FRAME_METHOD)
+        return 0;
+    switch (f.payload.method.id) {
+    case AMQP_CHANNEL_CLOSE_METHOD:
+    case AMQP_CONNECTION_CLOSE_METHOD: {
+        amqp_rpc_reply_t r = {.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION,
+                              .reply = f.payload.method};
+        char why[256];
+        went_down(t, cel_aconn_error(r, why, sizeof why));
+        return -1;
+    }
+    case AMQP_BASIC_CANCEL_METHOD:
+        /* The queue was deleted under us: declare it again on a new
+         * connection, as kombu's consumer does after a cancel notify. */
+        went_down(t, "the broker cancelled the consumer (queue deleted?)");
+        return -1;
+    default:
+        return 0;
+    }
+}
+
+/* Reads every frame available now; deliveries go to `pending`. */
+static int service(amqp_transport *t)
+{
+    if (ensure_up(t) < 0)
+        return -1;
+    if (cel_aconn_heartbeat(t->a) < 0) {
+        went_down(t, "heartbeat send failed");
+        return -1;
+    }
+    for (;;) {
+        amqp_maybe_release_buffers(t->a->c);
+        amqp_envelope_t e;
+        struct timeval tv = {0, 0};
+        amqp_rpc_reply_t r = amqp_consume_message(t->a->c, &e, &tv, 0);
+        if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+            int rc = keep(t, &e);
+            amqp_destroy_envelope(&e);
+            if (rc < 0)
+                cel_error("broker: out of memory holding a delivery; it will be redelivered");
+            continue;
+        }
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_TIMEOUT)
+            return 0;
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+            if (other_frame(t) < 0)
+                return -1;
+            continue;
+        }
+        char why[256];
+        went_down(t, cel_aconn_error(r, why, sizeof why));
+        return -1;
+    }
+}
+
+static int take(amqp_transport *t, int max, cel_delivery *out)
+{
+    int n = 0;
+    while (n < max && (size_t)n < t->npending) {
+        out[n] = t->pending[n];
+        n++;
+    }
+    memmove(t->pending, t->pending + n, (t->npending - (size_t)n) * sizeof *t->pending);
+    t->npending -= (size_t)n;
+    return n;
+}
+
+static int send_out(amqp_transport *t)
+{
+    if (!t->a) {
+        t->nout = 0;
+        return -1;
+    }
+    for (size_t i = 0; i < t->nout; i++) {
+        int st = t->out[i].reject
+                     ? amqp_basic_reject(t->a->c, CEL_ACH, t->out[i].tag, t->out[i].requeue)
+                     : amqp_basic_ack(t->a->c, CEL_ACH, t->out[i].tag, 0);
+        if (st != AMQP_STATUS_OK) {
+            went_down(t, amqp_error_string2(st));
+            return -1;
+        }
+    }
+    if (t->nout)
+        cel_aconn_sent(t->a);
+    t->nout = 0;
+    return 0;
+}
+
+static int at_fetch(cel_transport *base, int max, cel_delivery *out)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    send_out(t);
+    if ((size_t)max > t->npending)
+        service(t);
+    return take(t, max, out);
+}
+
+static int at_wait_start(cel_transport *base, double timeout_s)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    (void)timeout_s;
+    if (!t->a)
+        return -1;
+    t->waiting = true;
+    return cel_aconn_fd(t->a);
+}
+
+static int at_wait_ready(cel_transport *base, cel_delivery *out)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    service(t);
+    if (!t->npending)
+        return t->a ? 0 : -1;
+    t->waiting = false;
+    return take(t, 1, out);
+}
+
+static bool at_waiting(const cel_transport *base)
+{
+    const amqp_transport *t = (const amqp_transport *)base;
+    return t->waiting && t->a;
+}
+
+static void at_wait_cancel(cel_transport *base) { ((amqp_transport *)base)->waiting = false; }
+
+static int at_wait_fd(const cel_transport *base)
+{
+    const amqp_transport *t = (const amqp_transport *)base;
+    return t->a ? cel_aconn_fd(t->a) : -1;
+}
+
+/* "gen:tag" -> tag, or false for another connection's (or a bad) tag. */
+static bool parse_tag(const amqp_transport *t, const char *s, uint64_t *tag)
+{
+    unsigned gen;
+    char tail;
+    if (sscanf(s, "%u:%" SCNu64 "%c", &gen, tag, &tail) != 2)
+        return false;
+    return gen == t->gen && t->a;
+}
+
+static int queue_out(amqp_transport *t, const char *tag, bool reject, bool requeue)
+{
+    uint64_t n;
+    if (!parse_tag(t, tag, &n)) {
+        cel_debug("broker: %s of %s dropped: its connection is gone (the broker redelivers it)",
+                  reject ? "reject" : "ack", tag);
+        return 0;
+    }
+    if (t->nout == t->capout) {
+        size_t cap = t->capout ? 2 * t->capout : 64;
+        tagged *o = realloc(t->out, cap * sizeof *o);
+        if (!o)
+            return -1;
+        t->out = o;
+        t->capout = cap;
+    }
+    t->out[t->nout++] = (tagged){n, reject, requeue};
+    return 0;
+}
+
+static int at_ack(cel_transport *base, const char *tag)
+{
+    return queue_out((amqp_transport *)base, tag, false, false);
+}
+
+static int at_reject(cel_transport *base, const char *tag, bool requeue)
+{
+    return queue_out((amqp_transport *)base, tag, true, requeue);
+}
+
+/* Warm shutdown: a held message goes back to its queue, redelivered. */
+static int at_restore(cel_transport *base, const char *tag, const char *raw, size_t len)
+{
+    (void)raw;
+    (void)len;
+    amqp_transport *t = (amqp_transport *)base;
+    if (queue_out(t, tag, true, true) < 0)
+        return -1;
+    return send_out(t);
+}
+
+static int at_flush(cel_transport *base)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    return send_out(t);
+}
+
+static int at_tick(cel_transport *base)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    return service(t);
+}
+
+static int at_restore_visible(cel_transport *base)
+{
+    (void)base;
+    return 0; /* the broker redelivers on its own */
+}
+
+static void forget_declared(amqp_transport *t);
+
+/* Declares `queue` on the publishing connection the first time it is used
+ * there (kombu's producer declares the task's queue too). */
+static int declare_once(amqp_transport *t, const char *queue, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < t->ndeclared; i++)
+        if (strcmp(t->declared[i], queue) == 0)
+            return 0;
+    if (declare_queue(t->pub, queue, err, errlen) < 0)
+        return -1;
+    char **d = realloc(t->declared, (t->ndeclared + 1) * sizeof *d);
+    if (!d || !(d[t->ndeclared] = strdup(queue))) {
+        if (d)
+            t->declared = d;
+        return 0; /* only the memo is lost */
+    }
+    t->declared = d;
+    t->ndeclared++;
+    return 0;
+}
+
+/* Publishes a Redis-shaped envelope as an AMQP message to `queue` through
+ * the default exchange. */
+static int at_publish(cel_transport *base, const char *queue, int priority, const char *raw,
+                      size_t len)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    json_error_t jerr;
+    json_t *env = json_loadb(raw, len, JSON_ALLOW_NUL, &jerr);
+    json_t *h = json_object_get(env, "headers"), *p = json_object_get(env, "properties");
+    const char *b64 = json_string_value(json_object_get(env, "body"));
+    if (!json_is_object(h) || !json_is_object(p) || !b64) {
+        cel_error("broker: cannot publish a malformed envelope");
+        json_decref(env);
+        return -1;
+    }
+    size_t blen = 0;
+    char *body = cel_b64_decode(b64, strlen(b64), &blen);
+    amqp_pool_t pool;
+    init_amqp_pool(&pool, 4096);
+    amqp_basic_properties_t props = {0};
+    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
+                   AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+                   AMQP_BASIC_PRIORITY_FLAG;
+    const char *ct = json_string_value(json_object_get(env, "content-type"));
+    const char *ce = json_string_value(json_object_get(env, "content-encoding"));
+    props.content_type = cel_abytes(ct ? ct : "application/json");
+    props.content_encoding = cel_abytes(ce ? ce : "utf-8");
+    props.delivery_mode = 2;
+    props.priority = (uint8_t)(priority < 0 ? 0 : priority > 255 ? 255 : priority);
+    const char *corr = json_string_value(json_object_get(p, "correlation_id"));
+    const char *reply = json_string_value(json_object_get(p, "reply_to"));
+    if (corr) {
+        props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        props.correlation_id = cel_abytes(corr);
+    }
+    if (reply && *reply) {
+        props._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+        props.reply_to = cel_abytes(reply);
+    }
+    int rc = -1;
+    if (!body || cel_json_to_amqp_table(h, &pool, &props.headers) < 0) {
+        cel_error("broker: cannot encode a message to publish");
+        goto done;
+    }
+    for (int attempt = 0; attempt < 3 && rc < 0; attempt++) {
+        char err[512];
+        if (!t->pub) {
+            t->pub = cel_aconn_open(&t->url, 0, true, CONNECT_TIMEOUT, err, sizeof err);
+            if (!t->pub) {
+                cel_error("broker: cannot publish to %s: %s", queue, err);
+                continue;
+            }
+        }
+        if (declare_once(t, queue, err, sizeof err) < 0) {
+            cel_error("broker: cannot declare queue %s: %s", queue, err);
+            cel_aconn_abort(t->pub);
+            t->pub = NULL;
+            continue;
+        }
+        cel_apub st = cel_aconn_publish(t->pub, "", queue, &props, body, blen, true,
+                                        PUBLISH_TIMEOUT, err, sizeof err);
+        if (st == CEL_APUB_OK) {
+            rc = 0;
+        } else {
+            cel_error("broker: publishing to %s failed (%s); %s", queue, err,
+                      attempt < 2 ? "retrying" : "giving up");
+            if (st == CEL_APUB_ERROR) {
+                cel_aconn_abort(t->pub);
+                t->pub = NULL;
+                forget_declared(t);
+            }
+        }
+    }
+done:
+    empty_amqp_pool(&pool);
+    free(body);
+    json_decref(env);
+    return rc;
+}
+
+static void forget_declared(amqp_transport *t)
+{
+    for (size_t i = 0; i < t->ndeclared; i++)
+        free(t->declared[i]);
+    t->ndeclared = 0;
+}
+
+static void at_close(cel_transport *base)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    send_out(t);
+    for (size_t i = 0; i < t->npending; i++) {
+        /* Fetched but never handed to the loop: back to the queue. */
+        cel_delivery_free(&t->pending[i]);
+    }
+    free(t->pending);
+    cel_aconn_close(t->a);
+    cel_aconn_close(t->pub);
+    for (int i = 0; i < t->nqueues; i++) {
+        free(t->queues[i]);
+        free(t->ctags[i]);
+    }
+    free(t->queues);
+    free(t->ctags);
+    forget_declared(t);
+    free(t->declared);
+    free(t->out);
+    cel_url_free(&t->url);
+    free(t);
+}
+
+static const cel_transport_ops amqp_ops = {
+    .fetch = at_fetch,
+    .wait_start = at_wait_start,
+    .wait_ready = at_wait_ready,
+    .waiting = at_waiting,
+    .wait_cancel = at_wait_cancel,
+    .wait_fd = at_wait_fd,
+    .ack = at_ack,
+    .reject = at_reject,
+    .restore = at_restore,
+    .flush = at_flush,
+    .restore_visible = at_restore_visible,
+    .publish = at_publish,
+    .tick = at_tick,
+    .close = at_close,
+};
+
+cel_transport *cel_amqp_transport_open(const cel_url *u, const cel_config *cfg, bool consume,
+                                       char *err, size_t errlen)
+{
+    amqp_transport *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->base.ops = &amqp_ops;
+    t->consume = consume;
+    t->url = *u;
+    t->url.host = u->host ? strdup(u->host) : NULL;
+    t->url.user = u->user ? strdup(u->user) : NULL;
+    t->url.password = u->password ? strdup(u->password) : NULL;
+    t->url.path = u->path ? strdup(u->path) : NULL;
+    int conc = cfg->pool == CEL_POOL_SOLO ? 1 : cfg->concurrency;
+    t->prefetch = cfg->prefetch_multiplier > 0 ? conc * cfg->prefetch_multiplier : 0;
+    for (char **q = cfg->queues; q && *q; q++)
+        t->nqueues++;
+    t->queues = calloc((size_t)t->nqueues + 1, sizeof *t->queues);
+    t->ctags = calloc((size_t)t->nqueues + 1, sizeof *t->ctags);
+    for (int i = 0; t->queues && i < t->nqueues; i++)
+        t->queues[i] = strdup(cfg->queues[i]);
+    if (!t->queues || !t->ctags) {
+        snprintf(err, errlen, "out of memory");
+        at_close(&t->base);
+        return NULL;
+    }
+    /* `celeriac call` publishes only: no consumer connection at all. */
+    if (consume && connect_consumer(t, err, errlen) < 0) {
+        at_close(&t->base);
+        return NULL;
+    }
+    return &t->base;
+}
