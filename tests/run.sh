@@ -5,6 +5,11 @@
 #   bash tests/run.sh              everything
 #   SKIP_ASAN=1 bash tests/run.sh  without the sanitizer pass
 #   PYTEST_ARGS="-k crash" bash tests/run.sh   extra pytest arguments
+#   INTEROP_BROKERS="redis" bash tests/run.sh   only some broker settings
+#
+# The interop suite runs once per broker setting (tests/interop/conftest.py):
+# redis (Redis broker and results), amqp (RabbitMQ, rpc:// results) and
+# amqp+redis (RabbitMQ, Redis results); under the sanitizers redis and amqp.
 #
 # Logs: build-logs/ (ignored by git); interop worker logs under build-logs/interop-*/.
 set -uo pipefail
@@ -64,6 +69,9 @@ interop() {
         ${PYTEST_ARGS:-}
 }
 
+BROKERS=${INTEROP_BROKERS:-redis amqp amqp+redis}
+ASAN_BROKERS=${INTEROP_ASAN_BROKERS:-redis amqp}
+
 # (a) packages
 if ! run_step "packages" build "$LOGS/packages.log" ensure_packages; then
     echo "cannot continue without the packages" >&2
@@ -73,8 +81,10 @@ fi
 if run_step "build" build "$LOGS/build.log" build_tree build; then
     run_step "meson test" meson "$LOGS/meson-test.log" \
         meson test -C build --print-errorlogs
-    run_step "interop" pytest "$LOGS/interop.log" \
-        interop build "$LOGS/interop-build"
+    for b in $BROKERS; do
+        run_step "interop $b" pytest "$LOGS/interop-$b.log" \
+            interop build "$LOGS/interop-build-$b" INTEROP_BROKER="$b"
+    done
 else
     skip_step "meson test" "build failed"
     skip_step "interop" "build failed"
@@ -90,8 +100,11 @@ else
         build_tree build-asan -Db_sanitize=address,undefined -Db_lundef=false; then
         run_step "meson test (asan)" meson "$LOGS/meson-test-asan.log" \
             meson test -C build-asan --print-errorlogs
-        run_step "interop (asan)" pytest "$LOGS/interop-asan.log" \
-            interop build-asan "$LOGS/interop-asan" INTEROP_TIMEOUT_SCALE=3
+        for b in $ASAN_BROKERS; do
+            run_step "interop $b (asan)" pytest "$LOGS/interop-asan-$b.log" \
+                interop build-asan "$LOGS/interop-asan-$b" INTEROP_TIMEOUT_SCALE=3 \
+                INTEROP_BROKER="$b"
+        done
     else
         skip_step "meson test (asan)" "asan build failed"
         skip_step "interop (asan)" "asan build failed"

@@ -1,4 +1,4 @@
-"""Interop test harness: a throwaway redis-server, and Python / celeriac workers.
+"""Interop test harness: throwaway brokers, and Python / celeriac workers.
 
 Every worker-facing test is parametrised over the worker kind ("python" = the
 real ``celery worker`` running examples/python/app.py, "celeriac" = the C
@@ -12,6 +12,16 @@ Environment:
                         (tests/run.sh sets it, so CI never skips silently)
   INTEROP_LOG_DIR       where worker/redis logs go (default: pytest's tmp dir)
   INTEROP_TIMEOUT_SCALE multiply every timeout (e.g. 3 under sanitizers)
+  INTEROP_BROKER        which broker and result backend the session runs on:
+                        redis       Redis broker, Redis results (default)
+                        amqp        RabbitMQ broker, rpc:// results
+                        amqp+redis  RabbitMQ broker, Redis results (mixed)
+                        tests/run.sh runs the suite once per setting.
+
+Tests that look inside Redis carry a marker and are skipped where it does
+not apply: ``redis_broker`` (kombu's Redis keys: lists, unacked, raw LPUSH)
+and ``redis_backend`` (celery-task-meta-* keys, or results a client other
+than the sender must see, which rpc:// cannot deliver).
 
 Only one worker consumes the ``celery`` queue at any time: starting a worker of
 one kind stops every other worker first.
@@ -37,6 +47,11 @@ EXAMPLES_PY = REPO / "examples" / "python"
 PYTHON = "/usr/bin/python3"
 KINDS = ["python", "celeriac"]
 TIMEOUT_SCALE = float(os.environ.get("INTEROP_TIMEOUT_SCALE", "1") or "1")
+BROKER = os.environ.get("INTEROP_BROKER", "redis") or "redis"
+if BROKER not in ("redis", "amqp", "amqp+redis"):
+    raise RuntimeError("INTEROP_BROKER must be redis, amqp or amqp+redis, not %r" % BROKER)
+ON_AMQP = BROKER.startswith("amqp")
+REDIS_BACKEND = BROKER != "amqp"
 
 
 def scaled(seconds):
@@ -310,8 +325,8 @@ class Worker:
 class WorkerManager:
     """Starts workers; guarantees a single consumer at a time."""
 
-    def __init__(self, redis_server, log_dir):
-        self.redis = redis_server
+    def __init__(self, urls, log_dir):
+        self.urls = urls
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.workers = []
@@ -321,8 +336,8 @@ class WorkerManager:
 
     def base_env(self, extra=None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
-        env["CELERY_BROKER_URL"] = self.redis.url(0)
-        env["CELERY_RESULT_BACKEND"] = self.redis.url(1)
+        env["CELERY_BROKER_URL"] = self.urls.broker
+        env["CELERY_RESULT_BACKEND"] = self.urls.backend
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env.setdefault("LC_ALL", "C.UTF-8")
         if extra:
@@ -348,7 +363,7 @@ class WorkerManager:
             require_celeriac()
             argv = [str(CELERIAC_BIN), "worker", "-A", str(CELERIAC_EXAMPLES_SO)]
             if broker_args:
-                argv += ["-b", self.redis.url(0), "--result-backend", self.redis.url(1)]
+                argv += ["-b", self.urls.broker, "--result-backend", self.urls.backend]
             else:
                 del wenv["CELERY_BROKER_URL"], wenv["CELERY_RESULT_BACKEND"]
             argv += ["-Q", "celery", "-c", str(concurrency), "-n", name + "@%h", "-l", "info"]
@@ -417,19 +432,54 @@ def log_dir(tmp_path_factory):
 def redis_server(log_dir):
     server = RedisServer(Path(tempfile.mkdtemp(prefix="redis-", dir=str(log_dir))))
     server.start()
-    # The producer app reads these at import time.
-    os.environ["CELERY_BROKER_URL"] = server.url(0)
-    os.environ["CELERY_RESULT_BACKEND"] = server.url(1)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def celery_app(redis_server):
-    """examples/python/app.py as the producer, pointed at the test Redis."""
+def rabbit_server(log_dir):
+    """A throwaway RabbitMQ node (INTEROP_BROKER=amqp...), else None."""
+    if not ON_AMQP:
+        yield None
+        return
+    from rabbitmq import RabbitServer
+    server = RabbitServer(Path(tempfile.mkdtemp(prefix="rabbit-", dir=str(log_dir))))
+    server.start()
+    yield server
+    server.stop()
+
+
+class Urls:
+    """The session's broker and result backend URLs."""
+
+    def __init__(self, redis_server, rabbit_server):
+        self.redis = redis_server
+        self.rabbit = rabbit_server
+        self.broker = rabbit_server.url if rabbit_server else redis_server.url(0)
+        self.backend = redis_server.url(1) if REDIS_BACKEND else "rpc://"
+
+    def clean(self):
+        self.redis.flush()
+        if self.rabbit:
+            # Empty, not delete: the shared workers and the producer's rpc
+            # reply queue keep consuming across tests.
+            self.rabbit.purge_messages()
+
+
+@pytest.fixture(scope="session")
+def urls(redis_server, rabbit_server):
+    u = Urls(redis_server, rabbit_server)
+    # The producer app reads these at import time.
+    os.environ["CELERY_BROKER_URL"] = u.broker
+    os.environ["CELERY_RESULT_BACKEND"] = u.backend
+    return u
+
+
+@pytest.fixture(scope="session")
+def celery_app(urls):
+    """examples/python/app.py as the producer, pointed at the session's broker."""
     import app as app_module
-    app_module.app.conf.update(broker_url=redis_server.url(0),
-                               result_backend=redis_server.url(1))
+    app_module.app.conf.update(broker_url=urls.broker, result_backend=urls.backend)
     yield app_module
     # AsyncResult.__del__ unsubscribes through the backend; once redis-server is
     # gone that only prints noise at interpreter exit, so make it a no-op.
@@ -440,8 +490,8 @@ def celery_app(redis_server):
 
 
 @pytest.fixture(scope="session")
-def workers(redis_server, log_dir):
-    manager = WorkerManager(redis_server, log_dir)
+def workers(urls, log_dir):
+    manager = WorkerManager(urls, log_dir)
     yield manager
     manager.stop_all()
     for worker in manager.workers:
@@ -473,8 +523,9 @@ def _track(request, worker, offset=0):
 
 
 @pytest.fixture
-def clean_redis(redis_server):
-    redis_server.flush()
+def clean_redis(redis_server, urls):
+    """Empty Redis dbs (and RabbitMQ queues on AMQP) before the test."""
+    urls.clean()
     return redis_server
 
 
@@ -579,4 +630,24 @@ def pytest_runtest_makereport(item, call):
 def pytest_report_header(config):
     reason = celeriac_missing()
     return ["celeriac: %s" % (reason or "%s + %s" % (CELERIAC_BIN, CELERIAC_EXAMPLES_SO)),
-            "CELERIAC_REQUIRE=%s" % ("1" if REQUIRE_CELERIAC else "0")]
+            "CELERIAC_REQUIRE=%s" % ("1" if REQUIRE_CELERIAC else "0"),
+            "INTEROP_BROKER=%s (broker %s, results %s)" % (
+                BROKER, "RabbitMQ" if ON_AMQP else "Redis",
+                "Redis" if REDIS_BACKEND else "rpc://")]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "redis_broker: needs the Redis broker's internals")
+    config.addinivalue_line("markers", "redis_backend: needs the Redis result backend")
+    config.addinivalue_line("markers", "amqp_broker: needs the AMQP broker")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if ON_AMQP and item.get_closest_marker("redis_broker"):
+            item.add_marker(pytest.mark.skip(reason="Redis broker only (INTEROP_BROKER=%s)"
+                                             % BROKER))
+        elif not REDIS_BACKEND and item.get_closest_marker("redis_backend"):
+            item.add_marker(pytest.mark.skip(reason="Redis result backend only (rpc:// here)"))
+        elif not ON_AMQP and item.get_closest_marker("amqp_broker"):
+            item.add_marker(pytest.mark.skip(reason="AMQP broker only (INTEROP_BROKER=redis)"))

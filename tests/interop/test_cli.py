@@ -96,8 +96,8 @@ def test_call_bad_json_args(celeriac_only, tmp_path):
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def _call(redis_server, tmp_path, *args):
-    proc = run_celeriac(["call"] + list(args) + ["-b", redis_server.url(0)], cwd=tmp_path)
+def _call(urls, tmp_path, *args):
+    proc = run_celeriac(["call"] + list(args) + ["-b", urls.broker], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
     out = proc.stdout.decode().strip()
     assert out, "celeriac call printed nothing"
@@ -106,39 +106,43 @@ def _call(redis_server, tmp_path, *args):
     return task_id
 
 
+@pytest.mark.redis_backend
 def test_call_prints_id_and_result_arrives(celeriac_only, worker, kind, celery_app,
-                                           redis_server, tmp_path):
+                                           urls, tmp_path):
     """`celeriac call examples.add --args '[2,3]'` (C producer) -> 5, on either worker kind."""
-    task_id = _call(redis_server, tmp_path, "examples.add", "--args", "[2,3]")
+    task_id = _call(urls, tmp_path, "examples.add", "--args", "[2,3]")
     assert celery_app.app.AsyncResult(task_id).get(timeout=GET_TIMEOUT) == 5
 
 
-def test_call_kwargs_unicode(celeriac_only, worker, kind, celery_app, redis_server, tmp_path):
+@pytest.mark.redis_backend
+def test_call_kwargs_unicode(celeriac_only, worker, kind, celery_app, urls, tmp_path):
     kwargs = {"k\u00e9": "\u2603 \U0001F600", "n": [1, 2.5, None]}
-    task_id = _call(redis_server, tmp_path, "examples.echo", "--args", '["a"]',
+    task_id = _call(urls, tmp_path, "examples.echo", "--args", '["a"]',
                     "--kwargs", json.dumps(kwargs, ensure_ascii=False))
     assert celery_app.app.AsyncResult(task_id).get(timeout=GET_TIMEOUT) == \
         {"args": ["a"], "kwargs": kwargs}
 
 
-def test_call_countdown(celeriac_only, worker, kind, celery_app, redis_server, tmp_path):
-    task_id = _call(redis_server, tmp_path, "examples.add", "--args", '["a","b"]',
+@pytest.mark.redis_backend
+def test_call_countdown(celeriac_only, worker, kind, celery_app, urls, tmp_path):
+    task_id = _call(urls, tmp_path, "examples.add", "--args", '["a","b"]',
                     "--countdown", "1")
     assert celery_app.app.AsyncResult(task_id).get(timeout=GET_TIMEOUT) == "ab"
 
 
-def test_call_failure(celeriac_only, worker, kind, celery_app, redis_server, tmp_path):
-    task_id = _call(redis_server, tmp_path, "examples.fail", "--args", '["from the C producer"]')
+@pytest.mark.redis_backend
+def test_call_failure(celeriac_only, worker, kind, celery_app, urls, tmp_path):
+    task_id = _call(urls, tmp_path, "examples.fail", "--args", '["from the C producer"]')
     with pytest.raises(ValueError, match="^from the C producer$"):
         celery_app.app.AsyncResult(task_id).get(timeout=GET_TIMEOUT)
 
 
 @pytest.mark.parametrize("env_name", [None, "staging"], ids=["dotenv", "dotenv-named"])
-def test_worker_reads_dotenv(celeriac_only, start_worker, celery_app, redis_server, tmp_path,
+def test_worker_reads_dotenv(celeriac_only, start_worker, celery_app, urls, tmp_path,
                              env_name):
     """Broker/backend from `.env` (or `--env NAME` -> `.env.NAME`) in the cwd, no -b given."""
     content = "# test\nCELERY_BROKER_URL=%s\nCELERY_RESULT_BACKEND=%s\n" % (
-        redis_server.url(0), redis_server.url(1))
+        urls.broker, urls.backend)
     if env_name:
         (tmp_path / (".env." + env_name)).write_text(content)
         (tmp_path / ".env").write_text("CELERY_BROKER_URL=redis://127.0.0.1:1/0\n")

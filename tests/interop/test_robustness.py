@@ -16,6 +16,7 @@ from helpers import (envelope, json_body, push_raw, send, stored_meta, task_head
 
 # --------------------------------------------------------------------------- crash
 
+@pytest.mark.redis_backend
 def test_crash_is_worker_lost(worker, kind, celery_app, redis_server, differential):
     """examples.crash kills the pool child: FAILURE WorkerLostError, and the worker goes on."""
     result = send(celery_app, "send_task", "examples.crash")
@@ -89,6 +90,7 @@ MALFORMED = ["invalid-json", "not-an-object", "empty-string", "bad-base64", "bas
 
 
 @pytest.mark.parametrize("case", MALFORMED)
+@pytest.mark.redis_broker
 def test_malformed_message_is_dropped(worker, kind, celery_app, redis_server, case):
     if kind == "python" and case in PYTHON_DIES_ON:
         pytest.skip("celeriac-only: the Python worker (kombu 5.2.4) exits on this message")
@@ -102,6 +104,7 @@ def test_malformed_message_is_dropped(worker, kind, celery_app, redis_server, ca
         {"args": [case], "kwargs": {}}
 
 
+@pytest.mark.redis_broker
 def test_raw_utf8_body(worker, kind, celery_app, redis_server, differential):
     """Non-Python producers send raw UTF-8 (not \\u escapes) inside the body."""
     text = "h\u00e9llo \u2603 \U0001F600"
@@ -114,6 +117,7 @@ def test_raw_utf8_body(worker, kind, celery_app, redis_server, differential):
 
 
 @pytest.mark.parametrize("priority", [0, 3, 6, 9])
+@pytest.mark.redis_broker
 def test_raw_priority_lists(worker, kind, celery_app, redis_server, priority):
     """A message LPUSHed straight onto celery\\x06\\x16<step> is consumed."""
     tid, payload = _good_raw("examples.add", [priority, 100], {})
@@ -121,6 +125,8 @@ def test_raw_priority_lists(worker, kind, celery_app, redis_server, priority):
     assert celery_app.app.AsyncResult(tid).get(timeout=GET_TIMEOUT) == priority + 100
 
 
+@pytest.mark.redis_broker
+@pytest.mark.redis_backend
 def test_priority_order_on_redis(start_worker, kind, celery_app, redis_server):
     """With the queue preloaded, lower priority numbers are served first (contract 2.3)."""
     r0 = redis_server.client(0)
@@ -142,6 +148,7 @@ def test_priority_order_on_redis(start_worker, kind, celery_app, redis_server):
 # --------------------------------------------------------------------------- shutdown
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.redis_backend  # waits for STARTED by polling .state, which rpc:// can't serve
 def test_warm_shutdown(start_worker, kind, celery_app, sig):
     """SIGTERM (or one SIGINT) while examples.sleep(2) runs: the task finishes SUCCESS
     and the worker exits 0."""
@@ -157,6 +164,7 @@ def test_warm_shutdown(start_worker, kind, celery_app, sig):
 
 
 @pytest.mark.parametrize("sig", ["SIGQUIT", "SIGINT-twice"])
+@pytest.mark.redis_backend  # as test_warm_shutdown
 def test_cold_shutdown(start_worker, kind, celery_app, sig):
     """SIGQUIT (or SIGINT twice) while examples.sleep(30) runs: the worker exits promptly
     and takes its pool processes with it."""
@@ -186,6 +194,7 @@ VISIBILITY = 3.0
 
 
 @pytest.mark.parametrize("restart_kind", KINDS, ids=["then-python", "then-celeriac"])
+@pytest.mark.redis_broker
 def test_kill9_acks_late_recovers(start_worker, kind, restart_kind, celery_app, redis_server):
     """kill -9 (whole process group) with acks_late tasks in flight; a restarted worker
     (same or other kind, same short visibility timeout) restores and completes them all."""
@@ -222,6 +231,7 @@ def test_kill9_acks_late_recovers(start_worker, kind, restart_kind, celery_app, 
 # --------------------------------------------------------------------------- ack emulation
 
 @pytest.mark.parametrize("route", ["default-exchange", "celery-exchange"])
+@pytest.mark.redis_broker
 def test_unacked_entry_is_what_kombu_writes(start_worker, kind, celery_app, redis_server,
                                             route):
     """A held acks_late message is recorded in `unacked` exactly as kombu's QoS.append

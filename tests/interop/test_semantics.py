@@ -30,6 +30,7 @@ def test_several_queues(start_worker, kind, celery_app, differential):
     differential.check(kind, "several-queues", values)
 
 
+@pytest.mark.redis_backend
 def test_ignore_result_stores_nothing(start_worker, kind, celery_app, redis_server):
     """ignore_result=True: the task runs, no celery-task-meta key is written."""
     start_worker(kind, concurrency=1,
@@ -41,6 +42,7 @@ def test_ignore_result_stores_nothing(start_worker, kind, celery_app, redis_serv
     assert stored_meta(redis_server, ignored.id) is None
 
 
+@pytest.mark.redis_backend
 def test_result_extended(start_worker, kind, celery_app, redis_server, differential):
     """result_extended: name, args, kwargs, worker, retries and queue are stored."""
     w = start_worker(kind, env={"CELERY_RESULT_EXTENDED": "1"})
@@ -55,6 +57,8 @@ def test_result_extended(start_worker, kind, celery_app, redis_server, different
     differential.check(kind, "result-extended", [sorted(meta), shape])
 
 
+@pytest.mark.redis_backend
+@pytest.mark.redis_broker  # on AMQP Celery sets the `expiration` property: RabbitMQ drops it
 def test_expired_task_is_revoked(start_worker, kind, celery_app, redis_server, differential):
     """A task whose `expires` has passed when it arrives is not run: REVOKED,
     TaskRevokedError('expired')."""
@@ -68,6 +72,7 @@ def test_expired_task_is_revoked(start_worker, kind, celery_app, redis_server, d
     differential.check(kind, "expired", [meta["status"], meta["result"], meta["traceback"]])
 
 
+@pytest.mark.redis_broker
 def test_warm_shutdown_restores_prefetched(start_worker, kind, celery_app, redis_server):
     """SIGTERM while one task runs and three more were prefetched: the running
     task finishes, the three go back to the queue (RPUSH, redelivered), nothing

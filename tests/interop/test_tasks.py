@@ -229,6 +229,7 @@ def _normalise_meta(meta):
 
 
 @pytest.mark.parametrize("case", META_CASES, ids=[c[0] for c in META_CASES])
+@pytest.mark.redis_backend
 def test_stored_meta(worker, kind, celery_app, redis_server, differential, case):
     """GET celery-task-meta-<id> from db 1: same keys/status/result as the Python worker."""
     case_id, name, args, status, expected = case
@@ -258,6 +259,7 @@ def test_stored_meta(worker, kind, celery_app, redis_server, differential, case)
     differential.check(kind, "meta:" + case_id, _normalise_meta(meta))
 
 
+@pytest.mark.redis_broker
 def test_not_registered(worker, kind, celery_app, redis_server):
     from celery.exceptions import NotRegistered
     from helpers import wait_queue_drained
@@ -282,6 +284,7 @@ PUBLISH_CASES = [
 
 
 @pytest.mark.parametrize("case", PUBLISH_CASES, ids=[c[0] for c in PUBLISH_CASES])
+@pytest.mark.redis_backend
 def test_result_is_published(worker, kind, celery_app, redis_server, case):
     """Every ready state is also PUBLISHed on the channel named like the key (contract 3.1),
     or AsyncResult.get() only notices it by polling."""

@@ -1,0 +1,192 @@
+"""RabbitMQ specifics, on both worker kinds: the topology Celery declares, kill -9
+with acks_late (the broker redelivers), malformed messages published raw, rpc://
+states, and a broker restart in the middle of a run.
+
+Run with INTEROP_BROKER=amqp (rpc:// results) or amqp+redis (Redis results);
+every test here is skipped on the Redis broker.
+"""
+
+import json
+import re
+import time
+import uuid
+
+import pytest
+
+from conftest import GET_TIMEOUT, KINDS, REDIS_BACKEND, require_celeriac, scaled, wait_until
+from helpers import json_body, send, task_headers
+
+pytestmark = pytest.mark.amqp_broker
+
+
+def _declared(rabbit, names):
+    """What the broker holds for the task queues `names`: exchanges, queues, bindings."""
+    ex = {e["name"]: {k: e[k] for k in ("type", "durable", "auto_delete", "internal",
+                                        "arguments")}
+          for e in rabbit.list_exchanges() if e["name"] in names}
+    qs = {q["name"]: {k: q[k] for k in ("durable", "auto_delete", "arguments")}
+          for q in rabbit.list_queues() if q["name"] in names}
+    binds = sorted((b["source_name"], b["destination_name"], b["routing_key"])
+                   for b in rabbit.list_bindings()
+                   if b["destination_name"] in names and b["source_name"])
+    return {"exchanges": ex, "queues": qs, "bindings": binds}
+
+
+def _depth(rabbit, name):
+    """(ready, unacked) of queue `name`."""
+    for q in rabbit.list_queues():
+        if q["name"] == name:
+            return q["messages_ready"], q["messages_unacknowledged"]
+    return None
+
+
+def test_topology_matches_celery(start_worker, kind, celery_app, urls, differential):
+    """The worker declares for queue `celery` exactly what Celery's worker declares:
+    a durable direct exchange, a durable queue without arguments, a binding by name."""
+    start_worker(kind)
+    got = _declared(urls.rabbit, ["celery"])
+    assert got["exchanges"]["celery"]["type"] == "direct"
+    assert got["exchanges"]["celery"]["durable"] is True
+    assert got["queues"]["celery"]["durable"] is True
+    assert got["queues"]["celery"]["auto_delete"] is False
+    assert ("celery", "celery", "celery") in got["bindings"]
+    differential.check(kind, "amqp-topology", got)
+
+
+def test_extra_queue_is_what_celery_creates(start_worker, kind, celery_app, urls):
+    """-Q extra on celeriac declares what task_create_missing_queues declares: kombu
+    declaring the same queue afterwards is accepted (a difference in flags or
+    arguments would be PRECONDITION_FAILED) and the two look alike."""
+    if kind == "python":
+        pytest.skip("checks celeriac's declaration against kombu's")
+    start_worker("celeriac", args=["-Q", "celery,extra"])
+    from kombu import Exchange, Queue
+    with celery_app.app.connection_for_write() as conn:
+        Queue("extra", Exchange("extra", type="direct"), routing_key="extra")(conn).declare()
+    got = _declared(urls.rabbit, ["celery", "extra"])
+    assert got["queues"]["extra"] == got["queues"]["celery"]
+    assert got["exchanges"]["extra"] == got["exchanges"]["celery"]
+    assert ("extra", "extra", "extra") in got["bindings"]
+
+
+def test_queue_declared_by_celeriac_serves_python(start_worker, kind, celery_app, urls):
+    """celeriac declares -Q fresh first; a Python producer routes to it by name."""
+    if kind == "python":
+        pytest.skip("celeriac declares, the Python producer uses")
+    start_worker("celeriac", args=["-Q", "fresh"])
+    r = celery_app.app.send_task("examples.add", args=[1, 2], queue="fresh")
+    assert r.get(timeout=GET_TIMEOUT) == 3
+
+
+@pytest.mark.parametrize("restart_kind", KINDS, ids=["then-python", "then-celeriac"])
+def test_kill9_acks_late_redelivered(start_worker, kind, restart_kind, celery_app, urls):
+    """kill -9 with acks_late tasks in flight: the broker requeues them when the
+    connection drops, and a restarted worker (either kind) completes them all."""
+    if restart_kind == "celeriac":
+        require_celeriac()
+    victim = start_worker(kind, env={"CELERY_TASK_ACKS_LATE": "1"})
+    results = [send(celery_app, "apply_async", "examples.sleep", [2]) for _ in range(4)]
+    wait_until(lambda: _depth(urls.rabbit, "celery")[1] >= 2, GET_TIMEOUT,
+               interval=0.2, what="messages delivered and unacked")
+    time.sleep(0.3)
+    victim.kill()
+    assert [r for r in results if r.state != "SUCCESS"], "all done before the kill"
+    wait_until(lambda: _depth(urls.rabbit, "celery")[1] == 0, scaled(20), interval=0.2,
+               what="the broker to requeue the dead worker's messages")
+    start_worker(restart_kind, env={"CELERY_TASK_ACKS_LATE": "1"})
+    assert [r.get(timeout=scaled(40)) for r in results] == [2, 2, 2, 2]
+
+
+def _publish_raw(celery_app, body, headers, content_type="application/json"):
+    with celery_app.app.connection_for_write() as conn:
+        producer = conn.Producer()
+        producer.publish(body, exchange="", routing_key="celery", headers=headers,
+                         content_type=content_type, content_encoding="utf-8",
+                         delivery_mode=2, retry=True)
+
+
+MALFORMED = ["invalid-json-body", "body-not-a-list", "no-task-header", "pickle", "bad-utf8"]
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_message_rejected(worker, kind, celery_app, urls, case):
+    """A broken message never stops the worker; it leaves the queue (rejected or acked,
+    as Celery does) and the next good task succeeds."""
+    if kind == "python" and case in ("invalid-json-body", "body-not-a-list"):
+        pytest.skip("celery 5.2.6 acks and logs these too, but its traceback output is "
+                    "not what is compared here")
+    tid = str(uuid.uuid4())
+    hdr = task_headers("examples.add", tid, "(1, 2)")
+    if case == "invalid-json-body":
+        _publish_raw(celery_app, b"[[1, 2], {}, {not json", hdr)
+    elif case == "body-not-a-list":
+        _publish_raw(celery_app, b'{"a": 1}', hdr)
+    elif case == "no-task-header":
+        del hdr["task"]
+        _publish_raw(celery_app, json_body([1, 2], {}), hdr)
+    elif case == "pickle":
+        import pickle
+        _publish_raw(celery_app, pickle.dumps(((1, 2), {}, {})), hdr,
+                     content_type="application/x-python-serialize")
+    elif case == "bad-utf8":
+        _publish_raw(celery_app, b"[[\"\xff\xfe\"], {}, {}]", hdr)
+    good = send(celery_app, "apply_async", "examples.add", [20, 22])
+    assert good.get(timeout=GET_TIMEOUT) == 42
+    wait_until(lambda: urls.rabbit.queue_depth("celery") == 0, GET_TIMEOUT, interval=0.2,
+               what="the malformed message to leave the queue")
+    assert worker.alive()
+
+
+@pytest.mark.skipif(REDIS_BACKEND, reason="rpc:// results only")
+def test_rpc_states_reach_the_sender(start_worker, kind, celery_app, differential):
+    """rpc://: STARTED (track_started) then SUCCESS arrive at the client that sent the task."""
+    start_worker(kind, env={"CELERY_TASK_TRACK_STARTED": "1"})
+    r = send(celery_app, "apply_async", "examples.sleep", [0.5])
+    seen = []
+    # rpc:// states are messages: the client sees each one as it drains them
+    # (polling .state cannot: Celery's rpc backend basic_gets from a queue its
+    # own result consumer is already draining).
+    assert r.get(timeout=GET_TIMEOUT, on_message=lambda m: seen.append(m["status"])) == 0.5
+    assert seen == ["STARTED", "SUCCESS"], seen
+    assert r.state == "SUCCESS"
+    f = send(celery_app, "apply_async", "examples.fail", ["over rpc"])
+    with pytest.raises(ValueError, match="^over rpc$"):
+        f.get(timeout=GET_TIMEOUT)
+    assert f.traceback
+    differential.check(kind, "rpc-states", [r.state, f.state])
+
+
+SUCCEEDED_RE = re.compile(r"Task examples\.add\[([0-9a-f-]{36})\] succeeded")
+
+
+@pytest.mark.skipif(not REDIS_BACKEND, reason="needs results that outlive the client "
+                                             "connection (INTEROP_BROKER=amqp+redis)")
+def test_broker_restart_midrun(start_worker, kind, celery_app, urls, log_dir):
+    """5000 tasks, RabbitMQ restarted in the middle: every task ends SUCCESS, none is
+    lost; tasks run twice only when their ack had not reached the broker (counted)."""
+    if kind == "python":
+        pytest.skip("the restart test measures celeriac")
+    n = 5000
+    ids = []
+    with celery_app.app.producer_or_acquire() as producer:
+        for i in range(n):
+            ids.append(celery_app.app.send_task("examples.add", args=[i, i],
+                                                producer=producer).id)
+    w = start_worker("celeriac", args=["-l", "info"])
+    r1 = urls.redis.client(1)
+    wait_until(lambda: r1.dbsize() >= n // 5, scaled(60), what="a fifth of the results")
+    t0 = time.monotonic()
+    urls.rabbit.restart()
+    restart_s = time.monotonic() - t0
+    wait_until(lambda: r1.dbsize() >= n, scaled(240), interval=0.5,
+               what="all %d results after the broker restart" % n)
+    states = {json.loads(r1.get("celery-task-meta-" + tid))["status"] for tid in ids}
+    assert states == {"SUCCESS"}
+    runs = SUCCEEDED_RE.findall(w.log_text())
+    reruns = len(runs) - len(set(runs))
+    print("broker restart took %.1f s; %d task(s) of %d ran twice" % (restart_s, reruns, n))
+    assert set(runs) == set(ids)
+    # A re-run needs a delivery whose ack was lost with the connection: at most
+    # the prefetch window plus what was in flight.
+    assert reruns <= 64, reruns
+    assert w.alive()
