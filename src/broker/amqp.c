@@ -384,10 +384,12 @@ static int at_wait_ready(cel_transport *base, cel_delivery *out)
     return take(t, 1, out);
 }
 
+/* Deliveries already read (by tick, or with an earlier frame) end the wait:
+ * poll would not show them, the socket being drained. */
 static bool at_waiting(const cel_transport *base)
 {
     const amqp_transport *t = (const amqp_transport *)base;
-    return t->waiting && t->a;
+    return t->waiting && t->a && t->npending == 0;
 }
 
 static void at_wait_cancel(cel_transport *base) { ((amqp_transport *)base)->waiting = false; }
