@@ -463,6 +463,24 @@ static int at_tick(cel_transport *base)
     return service(t);
 }
 
+static int at_qos(cel_transport *base, int prefetch)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    t->prefetch = prefetch; /* a reconnect declares the current window */
+    if (!t->a || !t->consume)
+        return -1;
+    amqp_basic_qos(t->a->c, CEL_ACH, 0, (uint16_t)(prefetch > 65535 ? 0 : prefetch), 1);
+    char err[256];
+    if (check_reply(t->a, "basic.qos", err, sizeof err) < 0) {
+        went_down(t, err);
+        return -1;
+    }
+    cel_aconn_sent(t->a);
+    /* Deliveries that came in while waiting for qos-ok are queued in the
+     * library, where poll can't see them: take them now. */
+    return service(t);
+}
+
 static int at_restore_visible(cel_transport *base)
 {
     (void)base;
@@ -616,6 +634,7 @@ static const cel_transport_ops amqp_ops = {
     .restore_visible = at_restore_visible,
     .publish = at_publish,
     .tick = at_tick,
+    .qos = at_qos,
     .close = at_close,
 };
 

@@ -61,6 +61,9 @@ typedef struct cel_transport_ops {
     /* Called once per loop turn: keeps the connection alive (AMQP
      * heartbeats, frames read ahead, reconnects).  May be NULL. */
     int (*tick)(cel_transport *t);
+    /* Sets the broker-side prefetch window (AMQP basic.qos).  May be NULL
+     * (Redis: the worker's own budget is the window). */
+    int (*qos)(cel_transport *t, int prefetch);
     void (*close)(cel_transport *t);
 } cel_transport_ops;
 

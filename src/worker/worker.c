@@ -77,6 +77,7 @@ typedef struct worker {
     int stores_pending;   /* results queued since the last backend flush */
     int late_acks_pending; /* acks that must follow their stored result */
     int eta_held;          /* reserved requests waiting for their ETA */
+    int qos_eta;           /* eta_held as last told to the broker's QoS */
 } worker;
 
 static int g_sigpipe_w = -1;
@@ -430,6 +431,11 @@ static double dispatch(worker *w)
         i++;
     }
     w->eta_held = eta_held;
+    /* Celery raises the broker's prefetch by one per ETA message it holds
+     * (and lowers it again), so held ETA tasks don't starve the window. */
+    if (w->tr->ops->qos && w->prefetch < UNLIMITED_PREFETCH && eta_held != w->qos_eta &&
+        w->tr->ops->qos(w->tr, w->prefetch + eta_held) == 0)
+        w->qos_eta = eta_held;
     return next;
 }
 

@@ -636,6 +636,17 @@ def pytest_report_header(config):
                 "Redis" if REDIS_BACKEND else "rpc://")]
 
 
+# Figures a test measured, printed at the end of the session (pytest_terminal_summary).
+REPORTS = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORTS:
+        terminalreporter.section("measured by the tests")
+        for line in REPORTS:
+            terminalreporter.write_line(line)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "redis_broker: needs the Redis broker's internals")
     config.addinivalue_line("markers", "redis_backend: needs the Redis result backend")
