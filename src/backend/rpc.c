@@ -35,6 +35,7 @@ typedef struct rpc_pending {
 typedef struct rpc_backend {
     cel_backend base;
     cel_url url; /* the broker's */
+    const cel_tls *tls;
     cel_aconn *a;
     rpc_pending *q;
     size_t n, cap;
@@ -89,7 +90,7 @@ static int rpc_flush(cel_backend *base)
     while (done < b->n) {
         char err[512];
         if (!b->a) {
-            b->a = cel_aconn_open(&b->url, 0, true, 5.0, err, sizeof err);
+            b->a = cel_aconn_open(&b->url, b->tls, 0, true, 5.0, err, sizeof err);
             if (!b->a) {
                 if (b->down_since == 0) {
                     b->down_since = cel_monotonic();
@@ -181,10 +182,11 @@ cel_backend *cel_backend_rpc_open(const cel_config *cfg, char *err, size_t errle
     b->base.ops = &rpc_ops;
     b->base.for_rpc = true;
     b->url = u;
+    b->tls = &cfg->broker_use_ssl;
     /* Connect now so a wrong URL or refused login shows at start-up; an
      * unreachable broker is an outage, retried at the first flush. */
     char e2[512];
-    b->a = cel_aconn_open(&b->url, 0, true, 5.0, e2, sizeof e2);
+    b->a = cel_aconn_open(&b->url, b->tls, 0, true, 5.0, e2, sizeof e2);
     if (!b->a) {
         b->down_since = cel_monotonic();
         cel_error("rpc backend: %s; results are kept and retried", e2);

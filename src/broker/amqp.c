@@ -49,6 +49,7 @@ typedef struct tagged {
 typedef struct amqp_transport {
     cel_transport base;
     cel_url url;
+    const cel_tls *tls; /* cfg->broker_use_ssl; the config outlives us */
     bool consume;
     int prefetch;
     char **queues;
@@ -116,7 +117,7 @@ static int declare_queue(cel_aconn *a, const char *q, char *err, size_t errlen)
 /* Opens the consuming connection: declare, qos, consume. */
 static int connect_consumer(amqp_transport *t, char *err, size_t errlen)
 {
-    t->a = cel_aconn_open(&t->url, BROKER_HEARTBEAT, false, CONNECT_TIMEOUT, err, errlen);
+    t->a = cel_aconn_open(&t->url, t->tls, BROKER_HEARTBEAT, false, CONNECT_TIMEOUT, err, errlen);
     if (!t->a)
         return -1;
     for (int i = 0; i < t->nqueues; i++)
@@ -556,7 +557,7 @@ static int at_publish(cel_transport *base, const char *queue, int priority, cons
     for (int attempt = 0; attempt < 3 && rc < 0; attempt++) {
         char err[512];
         if (!t->pub) {
-            t->pub = cel_aconn_open(&t->url, 0, true, CONNECT_TIMEOUT, err, sizeof err);
+            t->pub = cel_aconn_open(&t->url, t->tls, 0, true, CONNECT_TIMEOUT, err, sizeof err);
             if (!t->pub) {
                 cel_error("broker: cannot publish to %s: %s", queue, err);
                 continue;
@@ -646,6 +647,7 @@ cel_transport *cel_amqp_transport_open(const cel_url *u, const cel_config *cfg, 
         return NULL;
     t->base.ops = &amqp_ops;
     t->consume = consume;
+    t->tls = &cfg->broker_use_ssl;
     t->url = *u;
     t->url.host = u->host ? strdup(u->host) : NULL;
     t->url.user = u->user ? strdup(u->user) : NULL;

@@ -3,6 +3,7 @@
 #include "core/log.h"
 #include "core/util.h"
 
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,8 @@
 #include <sys/time.h>
 
 #define FRAME_MAX 131072
+/* Debian's bundle: py-amqp's load_default_certs() finds the same CAs. */
+#define SYSTEM_CAS "/etc/ssl/certs/ca-certificates.crt"
 
 const char *cel_aconn_error(amqp_rpc_reply_t r, char *buf, size_t buflen)
 {
@@ -46,13 +49,35 @@ static struct timeval tv_of(double s)
     return tv;
 }
 
-cel_aconn *cel_aconn_open(const cel_url *u, int heartbeat, bool confirm, double timeout_s,
-                          char *err, size_t errlen)
+/* A TLS socket set up as py-amqp sets up its SSLContext. */
+static amqp_socket_t *tls_socket(amqp_connection_state_t c, const cel_tls *tls, char *err,
+                                 size_t errlen)
 {
-    if (u->scheme == CEL_URL_AMQPS) {
-        snprintf(err, errlen, "amqps:// is not supported yet by this build");
+    amqp_socket_t *s = amqp_ssl_socket_new(c);
+    if (!s) {
+        snprintf(err, errlen, "cannot create a TLS socket");
         return NULL;
     }
+    const char *cas = tls && tls->ca_certs ? tls->ca_certs : SYSTEM_CAS;
+    bool verify = !tls || tls->cert_reqs != 0;
+    if (verify && amqp_ssl_socket_set_cacert(s, cas) != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "TLS: cannot load CA certificates from %s", cas);
+        return NULL;
+    }
+    if (tls && tls->certfile &&
+        amqp_ssl_socket_set_key(s, tls->certfile, tls->keyfile ? tls->keyfile : tls->certfile) !=
+            AMQP_STATUS_OK) {
+        snprintf(err, errlen, "TLS: cannot load the client certificate %s", tls->certfile);
+        return NULL;
+    }
+    amqp_ssl_socket_set_verify_peer(s, verify);
+    amqp_ssl_socket_set_verify_hostname(s, verify && tls && tls->server_hostname);
+    return s;
+}
+
+cel_aconn *cel_aconn_open(const cel_url *u, const cel_tls *tls, int heartbeat, bool confirm,
+                          double timeout_s, char *err, size_t errlen)
+{
     cel_aconn *a = calloc(1, sizeof *a);
     if (!a || !(a->c = amqp_new_connection())) {
         free(a);
@@ -61,12 +86,25 @@ cel_aconn *cel_aconn_open(const cel_url *u, int heartbeat, bool confirm, double 
     }
     char host[300];
     snprintf(host, sizeof host, "%s:%d", u->host ? u->host : "localhost", u->port);
-    amqp_socket_t *sock = amqp_tcp_socket_new(a->c);
+    bool use_tls = u->scheme == CEL_URL_AMQPS || (tls && tls->on);
+    amqp_socket_t *sock = use_tls ? tls_socket(a->c, tls, err, errlen) : amqp_tcp_socket_new(a->c);
+    if (!sock) {
+        if (!use_tls)
+            snprintf(err, errlen, "out of memory");
+        amqp_destroy_connection(a->c);
+        free(a);
+        return NULL;
+    }
     struct timeval tv = tv_of(timeout_s);
-    int st = sock ? amqp_socket_open_noblock(sock, u->host ? u->host : "localhost", u->port, &tv)
-                  : AMQP_STATUS_NO_MEMORY;
+    /* With server_hostname, the certificate must name that host: connect by
+     * that name (librabbitmq-c checks the name it connected to). */
+    const char *name = use_tls && tls && tls->server_hostname ? tls->server_hostname
+                       : u->host                              ? u->host
+                                                              : "localhost";
+    int st = amqp_socket_open_noblock(sock, name, u->port, &tv);
     if (st != AMQP_STATUS_OK) {
-        snprintf(err, errlen, "cannot connect to amqp://%s: %s", host, amqp_error_string2(st));
+        snprintf(err, errlen, "cannot connect to %s://%s: %s", use_tls ? "amqps" : "amqp", host,
+                 amqp_error_string2(st));
         amqp_destroy_connection(a->c);
         free(a);
         return NULL;

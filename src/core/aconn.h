@@ -32,11 +32,12 @@ typedef struct cel_aconn {
     double last_send; /* monotonic time of the last frame we know we sent */
 } cel_aconn;
 
-/* Connects, logs in (asking `heartbeat` seconds, 0 = none; the server's
- * smaller offer wins) and opens the channel, in confirm mode when `confirm`.
- * Returns NULL with `err` set (never containing the password). */
-cel_aconn *cel_aconn_open(const cel_url *u, int heartbeat, bool confirm, double timeout_s,
-                          char *err, size_t errlen);
+/* Connects (over TLS for amqps:// or when `tls->on`; `tls` may be NULL),
+ * logs in (asking `heartbeat` seconds, 0 = none; the server's smaller offer
+ * wins) and opens the channel, in confirm mode when `confirm`.  Returns NULL
+ * with `err` set (never containing the password). */
+cel_aconn *cel_aconn_open(const cel_url *u, const cel_tls *tls, int heartbeat, bool confirm,
+                          double timeout_s, char *err, size_t errlen);
 
 /* Closes politely (channel and connection close) and frees.  NULL is fine. */
 void cel_aconn_close(cel_aconn *a);

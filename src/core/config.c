@@ -702,10 +702,20 @@ void cel_config_defaults(cel_config *c)
     c->result_expires = 86400;
     c->visibility_timeout = DEFAULT_VISIBILITY_TIMEOUT;
     c->broker_transport_options = NULL;
+    c->broker_use_ssl = (cel_tls){.cert_reqs = 2};
     c->broker_connection_retry = true;
     c->broker_connection_max_retries = 100;
     c->task_default_queue = xstrdup(DEFAULT_QUEUE);
     c->worker_restore_interval = 10;
+}
+
+static void tls_free(cel_tls *t)
+{
+    free(t->ca_certs);
+    free(t->certfile);
+    free(t->keyfile);
+    free(t->server_hostname);
+    *t = (cel_tls){.cert_reqs = 2};
 }
 
 void cel_config_free(cel_config *c)
@@ -719,6 +729,7 @@ void cel_config_free(cel_config *c)
     free(c->hostname);
     free(c->logfile);
     free(c->broker_transport_options);
+    tls_free(&c->broker_use_ssl);
     free(c->task_default_queue);
     memset(c, 0, sizeof *c);
 }
@@ -996,6 +1007,53 @@ static int set_logfile(cel_config *c, const char *name, const char *value, char 
     return 0;
 }
 
+/* broker_use_ssl: a boolean, or a JSON object of py-amqp's ssl options. */
+static int set_use_ssl(cel_config *c, const char *name, const char *value, char *err,
+                       size_t errlen)
+{
+    bool b;
+    if (parse_bool(value, &b) == 0) {
+        tls_free(&c->broker_use_ssl);
+        c->broker_use_ssl.on = b;
+        return 0;
+    }
+    json_error_t jerr;
+    json_t *obj = json_loads(value, JSON_REJECT_DUPLICATES, &jerr);
+    cel_tls t = {.on = true, .cert_reqs = 2};
+    static const char *const keys[] = {"ca_certs", "certfile", "keyfile", "server_hostname"};
+    char **dst[] = {&t.ca_certs, &t.certfile, &t.keyfile, &t.server_hostname};
+    int rc = json_is_object(obj) ? 0 : -1;
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v) {
+        size_t i = 0;
+        while (i < 4 && strcmp(k, keys[i]) != 0)
+            i++;
+        if (i < 4 && json_is_string(v)) {
+            free(*dst[i]);
+            *dst[i] = xstrdup(json_string_value(v));
+        } else if (strcmp(k, "cert_reqs") == 0 && json_is_integer(v) &&
+                   json_integer_value(v) >= 0 && json_integer_value(v) <= 2) {
+            t.cert_reqs = (int)json_integer_value(v);
+        } else if (!json_is_null(v)) {
+            set_err(err, errlen, "%s: unsupported key or value '%s' (keys: ca_certs, certfile, "
+                    "keyfile, cert_reqs 0-2, server_hostname)", name, k);
+            rc = -2;
+            break;
+        }
+    }
+    json_decref(obj);
+    if (rc == -1)
+        set_err(err, errlen, "%s: expected true/false or a JSON object of ssl options", name);
+    if (rc < 0) {
+        tls_free(&t);
+        return -1;
+    }
+    tls_free(&c->broker_use_ssl);
+    c->broker_use_ssl = t;
+    return 0;
+}
+
 /* Celery setting names (lower case); CELERY_<NAME> in the environment. */
 static const struct {
     const char *name;
@@ -1011,6 +1069,7 @@ static const struct {
     {"worker_prefetch_multiplier", set_prefetch_multiplier},
     {"worker_concurrency", set_concurrency},
     {"broker_transport_options", set_transport_options},
+    {"broker_use_ssl", set_use_ssl},
     {"broker_connection_retry", set_broker_connection_retry},
     {"broker_connection_max_retries", set_max_retries},
     {"task_default_queue", set_default_queue},

@@ -51,6 +51,17 @@ void cel_url_free(cel_url *u);
 /* Writes the URL with the password replaced by "**" into buf. */
 void cel_url_redacted(const cel_url *u, char *buf, size_t buflen);
 
+/* TLS for the AMQP broker, from Celery's broker_use_ssl (py-amqp's keys):
+ * true, or {"ca_certs", "certfile", "keyfile", "cert_reqs", "server_hostname"}.
+ * As py-amqp: the server's certificate is verified (cert_reqs 2, against
+ * ca_certs or the system's CAs) unless cert_reqs is 0; the host name only
+ * when server_hostname is given. */
+typedef struct cel_tls {
+    bool on;
+    char *ca_certs, *certfile, *keyfile, *server_hostname; /* may be NULL */
+    int cert_reqs; /* 0 = CERT_NONE, 1 = OPTIONAL, 2 = REQUIRED (default) */
+} cel_tls;
+
 typedef enum cel_pool_kind { CEL_POOL_PREFORK = 0, CEL_POOL_SOLO } cel_pool_kind;
 
 typedef struct cel_config {
@@ -76,6 +87,7 @@ typedef struct cel_config {
     double result_expires;          /* seconds; default 86400; 0 = never */
     double visibility_timeout;      /* broker_transport_options.visibility_timeout; default 3600 */
     char *broker_transport_options; /* raw JSON text, may be NULL */
+    cel_tls broker_use_ssl;         /* broker_use_ssl; amqps:// turns it on too */
     bool broker_connection_retry;   /* default true */
     int broker_connection_max_retries; /* default 100; 0 = forever (as Celery's None) */
     char *task_default_queue;       /* default "celery" */

@@ -512,7 +512,7 @@ static int connect_broker(worker *w)
         return -1;
     }
     bool supported = u.scheme == CEL_URL_REDIS || u.scheme == CEL_URL_UNIX ||
-                     u.scheme == CEL_URL_AMQP;
+                     u.scheme == CEL_URL_AMQP || u.scheme == CEL_URL_AMQPS;
     cel_url_free(&u);
     if (!supported) {
         cel_crit("Cannot use broker: this build of celeriac speaks redis:// and amqp://");

@@ -138,9 +138,11 @@ class RabbitError(RuntimeError):
 class RabbitServer:
     """One RabbitMQ node: start(), url, purge_all(), restart(), kill(), stop()."""
 
-    def __init__(self, workdir, node=None):
+    def __init__(self, workdir, node=None, tls=None):
+        """tls: {"cacertfile", "certfile", "keyfile"} adds a TLS listener on tls_port."""
         self.workdir = Path(workdir).resolve()
-        self.port, self.dist_port, self.epmd_port = free_ports(3)
+        self.port, self.dist_port, self.epmd_port, self.tls_port = free_ports(4)
+        self.tls = tls
         short = node or "celeriac-%d-%s" % (os.getpid(), secrets.token_hex(4))
         self.node = short if "@" in short else short + "@localhost"
         self.cookie = secrets.token_hex(16).upper()
@@ -158,6 +160,10 @@ class RabbitServer:
     def url(self):
         return "amqp://guest:guest@127.0.0.1:%d//" % self.port
 
+    @property
+    def tls_url(self):
+        return "amqps://guest:guest@127.0.0.1:%d//" % self.tls_port
+
     # ------------------------------------------------------------------ lifecycle
 
     def _write_config(self):
@@ -173,7 +179,15 @@ class RabbitServer:
             "log.console.level = info\n"
             "log.console.use_colors = off\n"
             "log.file = false\n"
-            "disk_free_limit.absolute = 1MB\n" % self.port)
+            "disk_free_limit.absolute = 1MB\n" % self.port
+            + ("listeners.ssl.default = 127.0.0.1:%d\n"
+               "ssl_options.cacertfile = %s\n"
+               "ssl_options.certfile = %s\n"
+               "ssl_options.keyfile = %s\n"
+               "ssl_options.verify = verify_none\n"
+               "ssl_options.fail_if_no_peer_cert = false\n"
+               % (self.tls_port, self.tls["cacertfile"], self.tls["certfile"],
+                  self.tls["keyfile"]) if self.tls else ""))
         cookie = b / ".erlang.cookie"
         if not cookie.exists():
             cookie.write_text(self.cookie)

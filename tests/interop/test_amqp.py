@@ -7,14 +7,16 @@ every test here is skipped on the Redis broker.
 """
 
 import json
+import os
 import re
+import subprocess
 import time
 import uuid
 
 import pytest
 
-from conftest import (GET_TIMEOUT, KINDS, REDIS_BACKEND, REPORTS, require_celeriac, scaled,
-                      wait_until)
+from conftest import (CELERIAC_BIN, CELERIAC_EXAMPLES_SO, GET_TIMEOUT, KINDS, REDIS_BACKEND,
+                      REPORTS, require_celeriac, scaled, wait_until)
 from helpers import json_body, send, task_headers
 
 pytestmark = pytest.mark.amqp_broker
@@ -233,3 +235,67 @@ def test_eta_tasks_raise_the_prefetch(start_worker, kind, celery_app, urls, diff
     wait_until(lambda: any(base + 2 in pair for pair in _channel_prefetch(urls.rabbit)),
                GET_TIMEOUT, interval=0.3, what="prefetch raised to %d" % (base + 2))
     differential.check(kind, "eta-prefetch", base + 2)
+
+
+# --------------------------------------------------------------------------- TLS
+
+def _make_ca(d, name):
+    """A CA and a server certificate for 127.0.0.1/localhost, by openssl(1)."""
+    def run(*argv):
+        subprocess.run(["openssl"] + list(argv), cwd=d, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=%s test CA" % name, "-keyout", name + "-ca.key", "-out", name + "-ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout",
+        name + "-server.key", "-out", name + "-server.csr")
+    (d / (name + "-san.ext")).write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", name + "-server.csr", "-CA", name + "-ca.pem", "-CAkey",
+        name + "-ca.key", "-CAcreateserial", "-days", "2", "-extfile", name + "-san.ext",
+        "-out", name + "-server.pem")
+    return {"cacertfile": str(d / (name + "-ca.pem")), "certfile": str(d / (name + "-server.pem")),
+            "keyfile": str(d / (name + "-server.key"))}
+
+
+@pytest.fixture(scope="module")
+def tls_rabbit(tmp_path_factory):
+    from rabbitmq import RabbitServer
+    d = tmp_path_factory.mktemp("tls")
+    certs = _make_ca(d, "good")
+    other = _make_ca(d, "other")
+    server = RabbitServer(d / "node", tls=certs)
+    server.start()
+    yield server, certs, other
+    server.stop()
+
+
+def test_amqps_with_ca(start_worker, kind, celery_app, urls, tls_rabbit, monkeypatch):
+    """amqps:// with broker_use_ssl {"ca_certs"}: a Python producer over TLS, celeriac
+    consuming over TLS and verifying the server's certificate; a wrong CA is refused."""
+    if kind == "python":
+        pytest.skip("celeriac's TLS client")
+    import ssl
+    from celery import Celery
+    server, certs, other = tls_rabbit
+    backend = urls.redis.url(1)
+    use_ssl = {"ca_certs": certs["cacertfile"], "cert_reqs": 2}
+    start_worker("celeriac", args=["-b", server.tls_url, "--result-backend", backend],
+                 env={"CELERY_BROKER_USE_SSL": json.dumps(use_ssl)})
+    # Celery's CELERY_BROKER_URL (set for the session's app) would beat broker=.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    producer = Celery("tls_producer", broker=server.tls_url, backend=backend,
+                      broker_use_ssl={"ca_certs": certs["cacertfile"],
+                                      "cert_reqs": ssl.CERT_REQUIRED})
+    try:
+        r = producer.send_task("examples.add", args=[40, 2])
+        assert r.get(timeout=GET_TIMEOUT) == 42
+    finally:
+        producer.close()
+    # The wrong CA: the handshake fails, and with retries off the worker exits 64.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    env.update({"CELERY_BROKER_USE_SSL": json.dumps({"ca_certs": other["cacertfile"]}),
+                "CELERY_BROKER_CONNECTION_RETRY": "0"})
+    proc = subprocess.run([str(CELERIAC_BIN), "worker", "-A", str(CELERIAC_EXAMPLES_SO), "-b",
+                           server.tls_url, "-c", "1"], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=scaled(30))
+    log = proc.stdout.decode() + proc.stderr.decode()
+    assert proc.returncode == 64, log
+    assert "Cannot connect to broker" in log and "guest:guest" not in log, log

@@ -408,6 +408,42 @@ static void test_defaults(void **state)
 
 /* ------------------------------------------------------------ settings */
 
+static void test_broker_use_ssl(void **state)
+{
+    (void)state;
+    cel_config c;
+    char err[256];
+    cel_config_defaults(&c);
+    assert_false(c.broker_use_ssl.on);
+    assert_int_equal(c.broker_use_ssl.cert_reqs, 2);
+    assert_int_equal(cel_config_set(&c, "CELERY_BROKER_USE_SSL", "true", err, sizeof err), 0);
+    assert_true(c.broker_use_ssl.on);
+    assert_null(c.broker_use_ssl.ca_certs);
+    assert_int_equal(cel_config_set(&c, "broker_use_ssl",
+                                    "{\"ca_certs\": \"/ca.pem\", \"certfile\": \"/c.pem\", "
+                                    "\"keyfile\": \"/k.pem\", \"cert_reqs\": 0}",
+                                    err, sizeof err),
+                     0);
+    assert_true(c.broker_use_ssl.on);
+    assert_string_equal(c.broker_use_ssl.ca_certs, "/ca.pem");
+    assert_string_equal(c.broker_use_ssl.certfile, "/c.pem");
+    assert_string_equal(c.broker_use_ssl.keyfile, "/k.pem");
+    assert_int_equal(c.broker_use_ssl.cert_reqs, 0);
+    /* A bad value is an error and leaves the previous setting alone. */
+    assert_int_equal(cel_config_set(&c, "broker_use_ssl", "{\"cert_reqs\": 7}", err, sizeof err),
+                     -1);
+    assert_non_null(strstr(err, "cert_reqs"));
+    assert_int_equal(cel_config_set(&c, "broker_use_ssl", "{\"ciphers\": \"x\"}", err,
+                                    sizeof err),
+                     -1);
+    assert_int_equal(cel_config_set(&c, "broker_use_ssl", "[1]", err, sizeof err), -1);
+    assert_string_equal(c.broker_use_ssl.ca_certs, "/ca.pem");
+    assert_int_equal(cel_config_set(&c, "broker_use_ssl", "off", err, sizeof err), 0);
+    assert_false(c.broker_use_ssl.on);
+    assert_null(c.broker_use_ssl.ca_certs);
+    cel_config_free(&c);
+}
+
 static void test_set_bools_every_name_and_spelling(void **state)
 {
     struct {
@@ -1199,6 +1235,7 @@ int main(void)
         T(test_url_redacted),
         T(test_defaults),
         T(test_set_bools_every_name_and_spelling),
+        T(test_broker_use_ssl),
         T(test_set_urls),
         T(test_set_numbers),
         T(test_set_transport_options),
