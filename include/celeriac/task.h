@@ -66,6 +66,10 @@ typedef struct cel_task_options {
     cel_option ignore_result;
     int max_retries;            /* 0 = Celery's default (3), or a count, or CEL_RETRIES_* */
     double default_retry_delay; /* seconds; 0 = Celery's default (180) */
+    /* With acks_late: a task whose pool process dies is put back on its queue
+     * instead of failing with WorkerLostError (Celery's
+     * reject_on_worker_lost; a task that always crashes then loops). */
+    cel_option reject_on_worker_lost;
 } cel_task_options;
 
 /* Registers `fn` under the Celery name `name` (copied).  `opts` may be NULL.

@@ -697,6 +697,7 @@ void cel_config_defaults(cel_config *c)
     c->without_heartbeat = c->without_gossip = c->without_mingle = false;
     c->task_acks_late = false;
     c->task_track_started = false;
+    c->task_reject_on_worker_lost = false;
     c->task_ignore_result = false;
     c->result_extended = false;
     c->result_expires = 86400;
@@ -805,6 +806,7 @@ static int set_bool_field(bool *field, const char *name, const char *value, char
     }
 BOOL_SETTER(set_task_acks_late, task_acks_late)
 BOOL_SETTER(set_task_track_started, task_track_started)
+BOOL_SETTER(set_task_reject_on_worker_lost, task_reject_on_worker_lost)
 BOOL_SETTER(set_task_ignore_result, task_ignore_result)
 BOOL_SETTER(set_result_extended, result_extended)
 BOOL_SETTER(set_broker_connection_retry, broker_connection_retry)
@@ -1063,6 +1065,7 @@ static const struct {
     {"result_backend", set_result_backend},
     {"task_acks_late", set_task_acks_late},
     {"task_track_started", set_task_track_started},
+    {"task_reject_on_worker_lost", set_task_reject_on_worker_lost},
     {"task_ignore_result", set_task_ignore_result},
     {"result_extended", set_result_extended},
     {"result_expires", set_result_expires},

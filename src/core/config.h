@@ -82,6 +82,7 @@ typedef struct cel_config {
     /* Celery settings */
     bool task_acks_late;            /* default false; --acks-late too */
     bool task_track_started;        /* default false */
+    bool task_reject_on_worker_lost; /* default false; only with acks_late */
     bool task_ignore_result;        /* default false */
     bool result_extended;           /* default false */
     double result_expires;          /* seconds; default 86400; 0 = never */

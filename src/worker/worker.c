@@ -51,7 +51,7 @@ typedef struct request {
     cel_message msg;
     cel_delivery d;       /* raw envelope, for restore */
     const cel_task_def *def;
-    bool acks_late, track_started, ignore_result;
+    bool acks_late, track_started, ignore_result, reject_on_worker_lost;
     bool acked;
     double time_start;    /* monotonic */
 } request;
@@ -273,6 +273,17 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
     snprintf(msg, sizeof msg, "Worker exited prematurely: %s Job: %llu.", human,
              (unsigned long long)job);
     cel_error("Process for task %s[%s] died: %s", r->msg.task, r->msg.id, msg);
+    if (r->acks_late && r->reject_on_worker_lost && !r->acked && r->msg.delivery_tag) {
+        /* Celery: reject(requeue=True), no FAILURE stored, for the next
+         * worker to run it again. */
+        cel_warn("Task %s[%s] requeued (reject_on_worker_lost)", r->msg.task, r->msg.id);
+        w->tr->ops->reject(w->tr, r->msg.delivery_tag, true);
+        w->acks_pending++;
+        r->acked = true;
+        w->processed++;
+        drop_req(w, r);
+        return;
+    }
     char *tb = NULL;
     if (asprintf(&tb, "Traceback (most recent call last):\n  File \"billiard/pool.py\", in "
                       "mark_as_worker_lost\nbilliard.exceptions.WorkerLostError: %s\n",
@@ -352,6 +363,8 @@ static void receive(worker *w, cel_delivery *d)
     const cel_task_options *o = &r->def->opts;
     r->acks_late = cel_option_on(o->acks_late, w->cfg->task_acks_late);
     r->track_started = cel_option_on(o->track_started, w->cfg->task_track_started);
+    r->reject_on_worker_lost = cel_option_on(o->reject_on_worker_lost,
+                                             w->cfg->task_reject_on_worker_lost);
     r->ignore_result = m->ignore_result ||
                        cel_option_on(o->ignore_result, w->cfg->task_ignore_result);
     r->job = ++w->next_job;

@@ -255,3 +255,20 @@ def test_unacked_entry_is_what_kombu_writes(start_worker, kind, celery_app, redi
     assert r0.zscore("unacked_index", tag) is not None
     assert result.get(timeout=GET_TIMEOUT) == 3
     wait_until(lambda: not r0.hexists("unacked", tag), GET_TIMEOUT, what="ack")
+
+
+@pytest.mark.redis_backend  # polls .state
+def test_reject_on_worker_lost_requeues(start_worker, kind, celery_app, differential):
+    """acks_late + reject_on_worker_lost: a task whose process dies is put back on the
+    queue and run again (here it crashes every time), and no FAILURE is stored."""
+    w = start_worker(kind, env={"CELERY_TASK_ACKS_LATE": "1",
+                                "CELERY_TASK_REJECT_ON_WORKER_LOST": "1"})
+    offset = w.log_size()
+    result = send(celery_app, "send_task", "examples.crash")
+    # Each run kills a pool process; the worker logs each loss.
+    wait_until(lambda: w.log_text(offset).count("WorkerLostError") >= 2 or
+               w.log_text(offset).count("requeued (reject_on_worker_lost)") >= 2,
+               scaled(30), interval=0.2, what="the crashing task to run twice")
+    assert result.state == "PENDING", result.state
+    assert w.alive()
+    differential.check(kind, "reject-on-worker-lost", result.state)
