@@ -279,8 +279,10 @@ def test_amqps_with_ca(start_worker, kind, celery_app, urls, tls_rabbit, monkeyp
     use_ssl = {"ca_certs": certs["cacertfile"], "cert_reqs": 2}
     start_worker("celeriac", args=["-b", server.tls_url, "--result-backend", backend],
                  env={"CELERY_BROKER_USE_SSL": json.dumps(use_ssl)})
-    # Celery's CELERY_BROKER_URL (set for the session's app) would beat broker=.
+    # Celery's CELERY_* variables (set for the session's app) would beat the
+    # constructor's broker= and backend=.
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
     producer = Celery("tls_producer", broker=server.tls_url, backend=backend,
                       broker_use_ssl={"ca_certs": certs["cacertfile"],
                                       "cert_reqs": ssl.CERT_REQUIRED})
