@@ -49,7 +49,8 @@ static void drop_front(rpc_backend *b, size_t count)
         free(b->q[i].reply_to);
         free(b->q[i].meta);
     }
-    memmove(b->q, b->q + count, (b->n - count) * sizeof *b->q);
+    if (count > 0) /* q may still be NULL: memmove must not see it */
+        memmove(b->q, b->q + count, (b->n - count) * sizeof *b->q);
     b->n -= count;
 }
 

@@ -330,7 +330,8 @@ static int take(amqp_transport *t, int max, cel_delivery *out)
         out[n] = t->pending[n];
         n++;
     }
-    memmove(t->pending, t->pending + n, (t->npending - (size_t)n) * sizeof *t->pending);
+    if (n > 0) /* pending may still be NULL: memmove must not see it */
+        memmove(t->pending, t->pending + n, (t->npending - (size_t)n) * sizeof *t->pending);
     t->npending -= (size_t)n;
     return n;
 }
