@@ -205,6 +205,9 @@ def test_burst_drains_without_stalls(start_worker, kind, celery_app):
     """2000 tasks queued before the worker starts drain without a pause: the
     transport reads deliveries ahead, and those must not wait for the socket to
     turn readable again (it once waited for the broker's next heartbeat, 30 s)."""
+    if kind == "python":
+        pytest.skip("guards celeriac's read-ahead; with rpc:// the Python worker and client "
+                    "need about 25 s for 2000 results here, too close to the bound")
     n = 2000
     with celery_app.app.producer_or_acquire() as producer:
         results = [celery_app.app.send_task("examples.add", args=[i, 1], producer=producer)
