@@ -99,16 +99,10 @@ static int rb_store_raw(cel_backend *base, const char *task_id, const char *repl
     }
     memcpy(text, meta, len);
     text[len] = 0;
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 64;
-        pending *q = realloc(b->q, cap * sizeof *q);
-        if (!q) {
-            free(text);
-            free(key);
-            return -1;
-        }
-        b->q = q;
-        b->cap = cap;
+    if (cel_grow(&b->q, &b->cap, b->n, sizeof *b->q, 64) < 0) {
+        free(text);
+        free(key);
+        return -1;
     }
     b->q[b->n++] = (pending){key, text};
     return 0;

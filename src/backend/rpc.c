@@ -63,14 +63,8 @@ static int rpc_store_raw(cel_backend *base, const char *task_id, const char *rep
         cel_debug("rpc backend: task %s has no reply_to; its state is not sent", task_id);
         return 0;
     }
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 64;
-        rpc_pending *q = realloc(b->q, cap * sizeof *q);
-        if (!q)
-            return -1;
-        b->q = q;
-        b->cap = cap;
-    }
+    if (cel_grow(&b->q, &b->cap, b->n, sizeof *b->q, 64) < 0)
+        return -1;
     rpc_pending p = {strdup(task_id), strdup(reply_to), malloc(len ? len : 1), len};
     if (!p.task_id || !p.reply_to || !p.meta) {
         free(p.task_id);

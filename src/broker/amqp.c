@@ -234,14 +234,8 @@ done:
 
 static int keep(amqp_transport *t, const amqp_envelope_t *e)
 {
-    if (t->npending == t->cappending) {
-        size_t cap = t->cappending ? 2 * t->cappending : 16;
-        cel_delivery *p = realloc(t->pending, cap * sizeof *p);
-        if (!p)
-            return -1;
-        t->pending = p;
-        t->cappending = cap;
-    }
+    if (cel_grow(&t->pending, &t->cappending, t->npending, sizeof *t->pending, 16) < 0)
+        return -1;
     cel_delivery d = {0};
     d.raw = envelope_of(t, e, &d.len);
     d.queue = strdup(queue_of(t, e->consumer_tag));
@@ -420,14 +414,8 @@ static int queue_out(amqp_transport *t, const char *tag, bool reject, bool reque
                   reject ? "reject" : "ack", tag);
         return 0;
     }
-    if (t->nout == t->capout) {
-        size_t cap = t->capout ? 2 * t->capout : 64;
-        tagged *o = realloc(t->out, cap * sizeof *o);
-        if (!o)
-            return -1;
-        t->out = o;
-        t->capout = cap;
-    }
+    if (cel_grow(&t->out, &t->capout, t->nout, sizeof *t->out, 64) < 0)
+        return -1;
     t->out[t->nout++] = (tagged){n, reject, requeue};
     return 0;
 }

@@ -409,3 +409,18 @@ void cel_buf_free(cel_buf *b)
     b->data = NULL;
     b->len = b->cap = 0;
 }
+
+int cel_grow(void *arrp, size_t *cap, size_t n, size_t elem, size_t first)
+{
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? 2 * *cap : first;
+    void *old;
+    memcpy(&old, arrp, sizeof old); /* any T **, without aliasing games */
+    void *p = realloc(old, ncap * elem);
+    if (!p)
+        return -1;
+    memcpy(arrp, &p, sizeof p);
+    *cap = ncap;
+    return 0;
+}

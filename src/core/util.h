@@ -47,6 +47,12 @@ typedef struct cel_buf {
 } cel_buf;
 
 int cel_buf_reserve(cel_buf *b, size_t extra); /* 0 or -1 (ENOMEM) */
+
+/* Room for one more element in a growable array `*arrp` (any element type,
+ * `elem` bytes each) holding `n` of `*cap`: doubles the capacity, starting at
+ * `first`, when full.  Returns 0, or -1 with the array unchanged when out of
+ * memory. */
+int cel_grow(void *arrp, size_t *cap, size_t n, size_t elem, size_t first);
 int cel_buf_append(cel_buf *b, const void *data, size_t len);
 void cel_buf_consume(cel_buf *b, size_t n); /* drop n bytes from the front */
 void cel_buf_free(cel_buf *b);

@@ -286,6 +286,26 @@ static void test_buf(void **state)
     cel_buf_free(&b);
 }
 
+static void test_grow(void **state)
+{
+    (void)state;
+    long *a = NULL;
+    size_t n = 0, cap = 0;
+    for (long i = 0; i < 100; i++) {
+        assert_int_equal(cel_grow(&a, &cap, n, sizeof *a, 4), 0);
+        assert_true(cap > n);
+        a[n++] = i;
+    }
+    assert_int_equal(cap, 128); /* 4, 8, ..., 128: doubling from `first` */
+    for (long i = 0; i < 100; i++)
+        assert_int_equal(a[i], i);
+    /* Not full: nothing moves. */
+    long *before = a;
+    assert_int_equal(cel_grow(&a, &cap, 100, sizeof *a, 4), 0);
+    assert_ptr_equal(a, before);
+    free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -302,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_clocks),
         cmocka_unit_test(test_uuid4_format),
         cmocka_unit_test(test_buf),
+        cmocka_unit_test(test_grow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
