@@ -127,6 +127,66 @@ def census_surnames():
     return names
 
 
+def osa(a, b):
+    """Optimal string alignment (restricted Damerau-Levenshtein) distance."""
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[len(b)]
+
+
+class FebrlTables:
+    """Febrl's own name variant tables: which values its generator may swap in."""
+
+    def __init__(self):
+        self.pairs = set()
+        d = os.path.join(SRC, "febrl_lookup_tables")
+        for f in ("givenname_f.tbl", "givenname_m.tbl", "givenname-misspell.tbl",
+                  "surname-misspell.tbl", "surname.tbl"):
+            for line in read_lines(os.path.join(d, f)):
+                line = line.split("#")[0]
+                if ":" not in line or line.strip().startswith("tag="):
+                    continue
+                left, right = line.split(":", 1)
+                names = [left.strip().lower()] + [x.strip().lower() for x in right.split(",")]
+                names = [n for n in names if n]
+                for x in names:
+                    for y in names:
+                        if x != y:
+                            self.pairs.add((x, y))
+
+
+def related(x, y, nick, tables):
+    """Could FEBRL's generator have turned name part x into y (or y into x)?
+
+    True for typos and OCR/phonetic slips (OSA distance <= 2, or <= 3 when the
+    longer name has 7+ letters), truncation and initials (prefix), Soundex agreement, and pairs from
+    the nickname or Febrl variant/misspelling tables.  False means the part was
+    replaced by a different name altogether.
+    """
+    if x == y:
+        return True
+    if not x or not y:
+        return False
+    if x.startswith(y) or y.startswith(x):
+        return True
+    d = osa(x, y)
+    if d <= 2 or (d <= 3 and max(len(x), len(y)) >= 7):
+        return True
+    if soundex(x) == soundex(y):
+        return True
+    if (x, y) in tables.pairs or nick.equivalent(x, y):
+        return True
+    # words run together or split ("van dyk" / "vandyk")
+    return x.replace(" ", "") == y.replace(" ", "")
+
+
 class Out:
     def __init__(self):
         self.rows = []
@@ -165,7 +225,11 @@ def complete(r):
     return bool(r["given"] and r["surname"])
 
 
+HARD_NEG_PER_KIND = 3
+
+
 def build_febrl(out, nick, stats):
+    tables = FebrlTables()
     variant_anchors = []  # (set, global entity, split, given, surname) for the variants set
     for k in (1, 2, 3):
         set_ = "febrl%d" % k
@@ -214,6 +278,13 @@ def build_febrl(out, nick, stats):
                 if not a and not b:
                     continue
                 if complete(org) and complete(d):
+                    g1, s1, g2, s2 = org["given"], org["surname"], d["given"], d["surname"]
+                    if not ((related(g1, g2, nick, tables) and related(s1, s2, nick, tables)) or
+                            (related(g1, s2, nick, tables) and related(s1, g2, nick, tables))):
+                        # the generator replaced a name part by another name:
+                        # a duplicate record, but not the same name
+                        out.add(set_, gid(e), s, a, b, 1, "true_replaced")
+                        continue
                     out.add(set_, gid(e), s, a, b, 1, "true")
                 else:
                     out.add(set_, gid(e), s, a, b, 1, "true_partial")
@@ -227,7 +298,8 @@ def build_febrl(out, nick, stats):
                         continue
                     out.add(set_, gid(e), s, a, febrl_name(c), 0, neg_kind(org, c, "random"))
                     n += 1
-                # blocked hard negatives: one per blocking rule and true pair
+                # blocked hard negatives: up to HARD_NEG_PER_KIND per blocking
+                # rule and true pair, distinct entities
                 for kind, cands in (
                         ("hard_same_surname", by_surname[s][org["surname"]]),
                         ("hard_same_given", by_given[s][org["given"]]),
@@ -240,8 +312,15 @@ def build_febrl(out, nick, stats):
                     if not cands:
                         stats[(set_, kind + " (none available)")] += 1
                         continue
-                    c = cands[rng.randrange(len(cands))]
-                    out.add(set_, gid(e), s, a, febrl_name(c), 0, neg_kind(org, c, kind))
+                    one = {}
+                    for c in cands:  # one record per other entity, first in file order
+                        one.setdefault(c["ent"], c)
+                    picks = sorted(one)
+                    if len(picks) > HARD_NEG_PER_KIND:
+                        picks = rng.sample(picks, HARD_NEG_PER_KIND)
+                    for pe in picks:
+                        c = one[pe]
+                        out.add(set_, gid(e), s, a, febrl_name(c), 0, neg_kind(org, c, kind))
     return variant_anchors
 
 
