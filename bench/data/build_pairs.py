@@ -364,9 +364,11 @@ def build_variants(out, nick, anchors):
         b = ["%s %s" % (g2.upper(), S), "%s, %s" % (S, g2.upper()), "%s %s" % (g2, sn)][form]
         out.add("variants", ent, s, a if kind != "variant_middle" else "%s %s" % (g, sn),
                 b, 0, "spouse")
-        # father / son: same name, conflicting generational suffix
+        # father / son: same name, generational suffixes of different generations
         if i % 5 == 0:
             s1, s2 = rng.sample(SUFFIXES, 2)
+            if {s1, s2} == {"JR", "II"}:
+                s2 = "SR"  # JR and II both mark the second generation: no conflict
             out.add("variants", ent, s, "%s %s %s" % (g, sn, s1.lower()),
                     "%s %s %s" % (G, S, s2), 0, "suffix_conflict")
 
