@@ -273,6 +273,7 @@ def build_febrl(out, nick, stats):
             dups = sorted((r for r in group if not r["org"]), key=lambda r: r["id"])
             if complete(org):
                 variant_anchors.append((set_, gid(e), s, org["given"], org["surname"]))
+            n_true = 0
             for d in dups:
                 a, b = febrl_name(org), febrl_name(d)
                 if not a and not b:
@@ -298,29 +299,36 @@ def build_febrl(out, nick, stats):
                         continue
                     out.add(set_, gid(e), s, a, febrl_name(c), 0, neg_kind(org, c, "random"))
                     n += 1
-                # blocked hard negatives: up to HARD_NEG_PER_KIND per blocking
-                # rule and true pair, distinct entities
-                for kind, cands in (
-                        ("hard_same_surname", by_surname[s][org["surname"]]),
-                        ("hard_same_given", by_given[s][org["given"]]),
-                        ("hard_block", by_block[s][(soundex(org["surname"]), org["given"][0])])):
-                    cands = [c for c in cands if c["ent"] != e]
-                    if kind == "hard_block":
-                        # the soundex/initial block minus the exact-agreement blocks
-                        cands = [c for c in cands if c["surname"] != org["surname"]
-                                 and c["given"] != org["given"]]
-                    if not cands:
-                        stats[(set_, kind + " (none available)")] += 1
-                        continue
-                    one = {}
-                    for c in cands:  # one record per other entity, first in file order
-                        one.setdefault(c["ent"], c)
-                    picks = sorted(one)
-                    if len(picks) > HARD_NEG_PER_KIND:
-                        picks = rng.sample(picks, HARD_NEG_PER_KIND)
-                    for pe in picks:
-                        c = one[pe]
-                        out.add(set_, gid(e), s, a, febrl_name(c), 0, neg_kind(org, c, kind))
+                n_true += 1
+            if not n_true:
+                continue
+            # blocked hard negatives, once per original: up to HARD_NEG_PER_KIND
+            # per blocking rule and true pair of this entity, each from a
+            # different other entity (so no pair repeats when an original has
+            # several duplicates)
+            a = febrl_name(org)
+            for kind, cands in (
+                    ("hard_same_surname", by_surname[s][org["surname"]]),
+                    ("hard_same_given", by_given[s][org["given"]]),
+                    ("hard_block", by_block[s][(soundex(org["surname"]), org["given"][0])])):
+                cands = [c for c in cands if c["ent"] != e]
+                if kind == "hard_block":
+                    # the soundex/initial block minus the exact-agreement blocks
+                    cands = [c for c in cands if c["surname"] != org["surname"]
+                             and c["given"] != org["given"]]
+                if not cands:
+                    stats[(set_, kind + " (none available, originals)")] += 1
+                    continue
+                one = {}
+                for c in cands:  # one record per other entity, first in file order
+                    one.setdefault(c["ent"], c)
+                picks = sorted(one, key=int)
+                want = HARD_NEG_PER_KIND * n_true
+                if len(picks) > want:
+                    picks = rng.sample(picks, want)
+                for pe in picks:
+                    c = one[pe]
+                    out.add(set_, gid(e), s, a, febrl_name(c), 0, neg_kind(org, c, kind))
     return variant_anchors
 
 
