@@ -9,6 +9,7 @@
 CELERIAC_PACKAGES=(
     meson ninja-build pkg-config gcc
     libhiredis-dev libjansson-dev uuid-dev zlib1g-dev libcmocka-dev librabbitmq-dev
+    libutf8proc-dev clang libclang-rt-14-dev
     redis-server rabbitmq-server python3-celery python3-redis python3-pytest
 )
 

@@ -3,6 +3,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "worker/worker.h"
+#include "score/cli.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,7 @@ static void usage(FILE *f)
     fputs("usage: celeriac worker [options]   run a worker (see `celeriac worker --help`)\n"
           "       celeriac call TASK [--args JSON] [--kwargs JSON] [-Q QUEUE] [--countdown N]\n"
           "                     [-b URL]       send a task and print its id\n"
+          "       celeriac score NAME_A NAME_B  RPC/WPC name score (see `celeriac score --help`)\n"
           "       celeriac --version\n",
           f);
 }
@@ -32,6 +34,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "call"))
         return cel_call_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "score"))
+        return cel_score_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "worker") != 0) {
         fprintf(stderr, "celeriac: error: unknown command: %s\n", argv[1]);
         usage(stderr);

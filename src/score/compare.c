@@ -1,0 +1,458 @@
+/* compare.c — score two prepared names: align their parts, grade each
+ * aligned pair of parts, and turn the grades into one calibrated score.
+ *
+ * Why grades and not one similarity: a single string metric cannot tell a
+ * nickname (Bob/Robert, JW 0.47) from a different name (Jon/Jan, JW 0.8), nor
+ * a spouse (same surname, other given name) from a typo. So each aligned
+ * pair of parts gets the strongest applicable grade — exact, nickname
+ * (shared canonical name in the compiled table), truncated (caller-ID cut),
+ * typo (OSA distance 1, or 2 on long parts), phonetic (equal NYSIIS), initial,
+ * similar (Jaro-Winkler >= 0.85), conflict — and the grades, with name
+ * frequency, middle names, suffixes and order, are the features of a
+ * logistic regression fitted offline (model.h). The score is its
+ * probability in %, so thresholds mean the same thing across inputs.
+ *
+ * Why several alignments: a name without a comma may be surname-first
+ * ("SMITH JOHN"), and a one-word name may be a surname or a given name. Each
+ * reading is scored with the same model and the most likely one wins; a
+ * win by a surname-first reading is reported as SWAPPED. Part-pair grades
+ * are cached per comparison (at most 8x8), so extra readings cost little.
+ */
+#include "score/score_internal.h"
+#include "score/model.h"
+
+#include <math.h>
+#include <string.h>
+
+_Static_assert(sizeof cs_model_w / sizeof cs_model_w[0] == CEL_SCORE_NFEATURES, "model size");
+
+enum { L_NONE = 0, L_CONFLICT, L_SIMILAR, L_INITIAL, L_PHON, L_TYPO, L_TRUNC, L_NICK, L_EXACT };
+
+typedef struct cs_sim {
+    uint8_t level, partial;
+    float jw;
+} cs_sim;
+
+enum { /* feature indices */
+    F_BIAS = 0,
+    F_G_EXACT, F_G_NICK, F_G_TRUNC, F_G_TYPO, F_G_PHON, F_G_INITIAL, F_G_SIMILAR, F_G_CONFLICT,
+    F_G_JW,
+    F_S_EXACT, F_S_PARTIAL, F_S_TRUNC, F_S_TYPO, F_S_PHON, F_S_INITIAL, F_S_SIMILAR, F_S_CONFLICT,
+    F_S_JW,
+    F_S_RARITY, F_G_RARITY,
+    F_M_AGREE, F_M_CONFLICT,
+    F_SUFFIX_CONFLICT, F_SWAPPED, F_SURNAME_ONLY, F_GIVEN_ONLY, F_SEX_CONFLICT,
+    F_COUNT
+};
+_Static_assert(F_COUNT == CEL_SCORE_NFEATURES, "feature count");
+
+static const char *const feature_names[F_COUNT] = {
+    "bias",
+    "g_exact", "g_nick", "g_trunc", "g_typo", "g_phon", "g_initial", "g_similar", "g_conflict",
+    "g_jw",
+    "s_exact", "s_partial", "s_trunc", "s_typo", "s_phon", "s_initial", "s_similar", "s_conflict",
+    "s_jw",
+    "s_rarity", "g_rarity",
+    "m_agree", "m_conflict",
+    "suffix_conflict", "swapped", "surname_only", "given_only", "sex_conflict",
+};
+
+const char *cel_score_feature_name(size_t i)
+{
+    return i < F_COUNT ? feature_names[i] : NULL;
+}
+
+/* ---- part and unit grades -------------------------------------------------- */
+
+static int share_group(const cel_lex_entry *x, const cel_lex_entry *y)
+{
+    const uint16_t *p = cel_lex_groups + x->gfirst, *pe = p + x->ngroups;
+    const uint16_t *q = cel_lex_groups + y->gfirst, *qe = q + y->ngroups;
+    while (p < pe && q < qe) {
+        if (*p == *q)
+            return 1;
+        if (*p < *q)
+            p++;
+        else
+            q++;
+    }
+    return 0;
+}
+
+static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, const cs_part *pb)
+{
+    cs_sim r = {L_CONFLICT, 0, 0.0f};
+    const char *s = A->text + pa->off, *t = B->text + pb->off;
+    size_t ls = pa->len, lt = pb->len;
+    if (ls == lt && !memcmp(s, t, ls)) {
+        r.level = L_EXACT;
+        r.jw = 1.0f;
+        return r;
+    }
+    if ((pa->flags | pb->flags) & CS_P_INITIAL) {
+        r.level = s[0] == t[0] ? L_INITIAL : L_CONFLICT;
+        return r;
+    }
+    int ascii = (pa->flags & pb->flags & CS_P_ASCII) != 0;
+    r.jw = (float)(ascii ? cs_jw_bits(s, ls, t, lt, pb->pm) : cs_jw_scalar(s, ls, t, lt));
+    if (pa->lex && pb->lex) {
+        const cel_lex_entry *x = &cel_lex_entries[pa->lex - 1], *y = &cel_lex_entries[pb->lex - 1];
+        if (x->ngroups && y->ngroups && share_group(x, y)) {
+            r.level = L_NICK;
+            return r;
+        }
+    }
+    size_t mn = ls < lt ? ls : lt;
+    if (mn >= 3 && !memcmp(s, t, mn)) {
+        r.level = L_TRUNC;
+        return r;
+    }
+    int d = ascii ? cs_osa_bits(s, ls, lt, pb->pm) : cs_osa_scalar(s, ls, t, lt);
+    if ((d == 1 && mn >= 3) || (d == 2 && mn >= 7)) {
+        r.level = L_TYPO;
+        return r;
+    }
+    if (pa->nys_len && pa->nys_len == pb->nys_len && !memcmp(pa->nys, pb->nys, pa->nys_len)) {
+        r.level = L_PHON;
+        return r;
+    }
+    if (r.jw >= 0.85f)
+        r.level = L_SIMILAR;
+    return r;
+}
+
+static int better(cs_sim x, cs_sim y)
+{
+    return x.level > y.level || (x.level == y.level && x.jw > y.jw);
+}
+
+static int content_parts(const cs_name *nm, const cs_unit *u)
+{
+    int c = 0;
+    for (int i = u->first; i < u->first + u->n; i++)
+        c += !(nm->parts[i].flags & CS_P_PARTICLE);
+    return c;
+}
+
+static cs_sim unit_sim(const cs_name *A, uint8_t ua, const cs_name *B, uint8_t ub)
+{
+    const cs_unit *u = &A->units[ua], *v = &B->units[ub];
+    cs_sim best = part_sim(A, &A->parts[u->joined], B, &B->parts[v->joined]);
+    if (best.level == L_EXACT || (u->n == 1 && v->n == 1))
+        return best;
+    int partial = content_parts(A, u) > 1 || content_parts(B, v) > 1;
+    for (int i = u->first; i < u->first + u->n; i++) {
+        if (A->parts[i].flags & CS_P_PARTICLE)
+            continue;
+        for (int j = v->first; j < v->first + v->n; j++) {
+            if (B->parts[j].flags & CS_P_PARTICLE)
+                continue;
+            cs_sim s = part_sim(A, &A->parts[i], B, &B->parts[j]);
+            if (s.level >= L_PHON && better(s, best)) {
+                best = s;
+                best.partial = (uint8_t)partial;
+            }
+        }
+    }
+    return best;
+}
+
+typedef struct ctx {
+    const cs_name *a, *b;
+    uint64_t done;
+    cs_sim sim[CS_MAX_UNITS][CS_MAX_UNITS];
+} ctx;
+
+static cs_sim usim(ctx *c, uint8_t ua, uint8_t ub)
+{
+    uint64_t bit = 1ull << (ua * CS_MAX_UNITS + ub);
+    if (!(c->done & bit)) {
+        c->sim[ua][ub] = unit_sim(c->a, ua, c->b, ub);
+        c->done |= bit;
+    }
+    return c->sim[ua][ub];
+}
+
+/* ---- features ------------------------------------------------------------ */
+
+typedef struct align {
+    double f[F_COUNT];
+    double logit;
+    cs_sim g, s;
+    int has_g, has_s;
+    unsigned reasons;
+} align;
+
+static const cel_lex_entry *unit_lex(const cs_name *nm, uint8_t u)
+{
+    const cs_part *p = &nm->parts[nm->units[u].main];
+    return p->lex ? &cel_lex_entries[p->lex - 1] : NULL;
+}
+
+static void evaluate(ctx *c, align *al, uint8_t ga, uint8_t sa, uint8_t gb, uint8_t sb,
+                     const cs_interp *ia, const cs_interp *ib, int swapped, int only)
+{
+    const cs_name *A = c->a, *B = c->b;
+    double *f = al->f;
+    memset(al, 0, sizeof *al);
+    f[F_BIAS] = 1.0;
+    if (ga != CS_NONE && gb != CS_NONE) {
+        cs_sim g = usim(c, ga, gb);
+        al->g = g;
+        al->has_g = 1;
+        static const int gi[] = {0, F_G_CONFLICT, F_G_SIMILAR, F_G_INITIAL, F_G_PHON,
+                                 F_G_TYPO, F_G_TRUNC, F_G_NICK, F_G_EXACT};
+        f[gi[g.level]] = 1.0;
+        if (g.level != L_INITIAL)
+            f[F_G_JW] = g.jw;
+        const cel_lex_entry *x = unit_lex(A, ga), *y = unit_lex(B, gb);
+        if (g.level >= L_PHON) {
+            double r = (x && x->grar) ? x->grar / 10.0 : 4.5;
+            f[F_G_RARITY] = r - 3.0;
+        }
+        if (g.level < L_NICK && x && y && x->sex && y->sex && x->sex != y->sex)
+            f[F_SEX_CONFLICT] = 1.0;
+    }
+    if (sa != CS_NONE && sb != CS_NONE) {
+        cs_sim s = usim(c, sa, sb);
+        al->s = s;
+        al->has_s = 1;
+        int idx;
+        switch (s.level) {
+        case L_EXACT: idx = F_S_EXACT; break;
+        case L_TRUNC: idx = F_S_TRUNC; break;
+        case L_TYPO: idx = F_S_TYPO; break;
+        case L_PHON: idx = F_S_PHON; break;
+        case L_INITIAL: idx = F_S_INITIAL; break;
+        case L_NICK: case L_SIMILAR: idx = F_S_SIMILAR; break;
+        default: idx = F_S_CONFLICT; break;
+        }
+        if (s.partial && s.level >= L_PHON)
+            idx = F_S_PARTIAL;
+        f[idx] = 1.0;
+        if (s.level != L_INITIAL)
+            f[F_S_JW] = s.jw;
+        if (s.level >= L_PHON) {
+            const cel_lex_entry *x = unit_lex(A, sa);
+            double r = (x && x->srar) ? x->srar / 10.0 : 5.0;
+            f[F_S_RARITY] = r - 3.0;
+        }
+    }
+    if (ia && ib && ia->mid_n && ib->mid_n) {
+        cs_sim m = usim(c, ia->mid_first, ib->mid_first);
+        if (m.level >= L_INITIAL)
+            f[F_M_AGREE] = 1.0;
+        else
+            f[F_M_CONFLICT] = 1.0;
+    }
+    if (A->gen && B->gen && A->gen != B->gen)
+        f[F_SUFFIX_CONFLICT] = 1.0;
+    if (swapped)
+        f[F_SWAPPED] = 1.0;
+    if (only == 1)
+        f[F_SURNAME_ONLY] = 1.0;
+    else if (only == 2)
+        f[F_GIVEN_ONLY] = 1.0;
+    double z = 0.0;
+    for (int i = 0; i < F_COUNT; i++)
+        z += cs_model_w[i] * f[i];
+    al->logit = z;
+}
+
+static void consider(ctx *c, align *best, align *tmp, uint8_t ga, uint8_t sa, uint8_t gb,
+                     uint8_t sb, const cs_interp *ia, const cs_interp *ib, int swapped, int only)
+{
+    evaluate(c, tmp, ga, sa, gb, sb, ia, ib, swapped, only);
+    if (tmp->logit > best->logit)
+        *best = *tmp;
+}
+
+static unsigned reasons_of(const align *al)
+{
+    unsigned r = 0;
+    const double *f = al->f;
+    if (al->has_g && al->has_s && al->g.level == L_EXACT && al->s.level == L_EXACT &&
+        !al->s.partial)
+        r |= CEL_SCORE_R_EXACT;
+    if (al->has_g) {
+        switch (al->g.level) {
+        case L_NICK: r |= CEL_SCORE_R_NICKNAME; break;
+        case L_INITIAL: r |= CEL_SCORE_R_INITIAL; break;
+        case L_TRUNC: r |= CEL_SCORE_R_TRUNCATED; break;
+        case L_TYPO: r |= CEL_SCORE_R_TYPO; break;
+        case L_PHON: r |= CEL_SCORE_R_PHONETIC; break;
+        case L_SIMILAR: r |= CEL_SCORE_R_SIMILAR; break;
+        case L_CONFLICT: r |= CEL_SCORE_R_GIVEN_CONFLICT; break;
+        default: break;
+        }
+    }
+    if (f[F_SEX_CONFLICT] > 0)
+        r |= CEL_SCORE_R_GIVEN_CONFLICT;
+    if (al->has_s) {
+        switch (al->s.level) {
+        case L_TRUNC: r |= CEL_SCORE_R_TRUNCATED; break;
+        case L_TYPO: r |= CEL_SCORE_R_TYPO; break;
+        case L_PHON: r |= CEL_SCORE_R_PHONETIC; break;
+        case L_INITIAL: case L_NICK: case L_SIMILAR: r |= CEL_SCORE_R_SIMILAR; break;
+        case L_CONFLICT: r |= CEL_SCORE_R_SURNAME_CONFLICT; break;
+        default: break;
+        }
+        if (f[F_S_PARTIAL] > 0)
+            r |= CEL_SCORE_R_PARTIAL_SURNAME;
+    }
+    if (f[F_M_CONFLICT] > 0)
+        r |= CEL_SCORE_R_MIDDLE_CONFLICT;
+    if (f[F_SUFFIX_CONFLICT] > 0)
+        r |= CEL_SCORE_R_SUFFIX_CONFLICT;
+    if (f[F_SWAPPED] > 0)
+        r |= CEL_SCORE_R_SWAPPED;
+    if (f[F_SURNAME_ONLY] > 0)
+        r |= CEL_SCORE_R_SURNAME_ONLY;
+    if (f[F_GIVEN_ONLY] > 0)
+        r |= CEL_SCORE_R_GIVEN_ONLY;
+    return r;
+}
+
+static int single(const cs_name *nm)
+{
+    return (nm->flags & CS_N_SINGLE) != 0;
+}
+
+/* The best alignment of a and b; 0 if either has no usable name. */
+static int best_alignment(const cs_name *A, const cs_name *B, align *best)
+{
+    if (A->magic != CS_MAGIC || B->magic != CS_MAGIC || (A->flags & CS_N_NODATA) ||
+        (B->flags & CS_N_NODATA))
+        return 0;
+    ctx c;
+    c.a = A;
+    c.b = B;
+    c.done = 0;
+    align tmp;
+    best->logit = -INFINITY;
+    if (single(A) || single(B)) {
+        uint8_t x = A->interp[0].surname, y = B->interp[0].surname;
+        if (single(A) && single(B)) {
+            consider(&c, best, &tmp, CS_NONE, x, CS_NONE, y, NULL, NULL, 0, 1);
+            consider(&c, best, &tmp, x, CS_NONE, y, CS_NONE, NULL, NULL, 0, 2);
+        } else if (single(A)) {
+            for (int k = 0; k < B->ninterp; k++) {
+                const cs_interp *ib = &B->interp[k];
+                consider(&c, best, &tmp, CS_NONE, x, CS_NONE, ib->surname, NULL, NULL, k, 1);
+                consider(&c, best, &tmp, x, CS_NONE, ib->given, CS_NONE, NULL, NULL, k, 2);
+            }
+        } else {
+            for (int k = 0; k < A->ninterp; k++) {
+                const cs_interp *ia = &A->interp[k];
+                consider(&c, best, &tmp, CS_NONE, ia->surname, CS_NONE, y, NULL, NULL, k, 1);
+                consider(&c, best, &tmp, ia->given, CS_NONE, y, CS_NONE, NULL, NULL, k, 2);
+            }
+        }
+    } else {
+        for (int i = 0; i < A->ninterp; i++) {
+            for (int k = 0; k < B->ninterp; k++) {
+                if (i && k)
+                    continue;
+                const cs_interp *ia = &A->interp[i], *ib = &B->interp[k];
+                consider(&c, best, &tmp, ia->given, ia->surname, ib->given, ib->surname, ia, ib,
+                         i != k, 0);
+            }
+        }
+    }
+    best->reasons = reasons_of(best);
+    return 1;
+}
+
+cel_score_class cel_score_classify(int score)
+{
+    if (score >= CS_MODEL_RPC_MIN)
+        return CEL_SCORE_RPC;
+    if (score >= CS_MODEL_REVIEW_MIN)
+        return CEL_SCORE_REVIEW;
+    return CEL_SCORE_WPC;
+}
+
+int cel_score_rpc_threshold(void)
+{
+    return CS_MODEL_RPC_MIN;
+}
+
+int cel_score_review_threshold(void)
+{
+    return CS_MODEL_REVIEW_MIN;
+}
+
+cel_score_result cel_score_compare(const cel_score_name *a, const cel_score_name *b)
+{
+    cel_score_result r = {0, CEL_SCORE_NO_DATA, CEL_SCORE_R_NO_DATA};
+    align al;
+    if (!best_alignment(cs_cname(a), cs_cname(b), &al))
+        return r;
+    double p = 1.0 / (1.0 + exp(-al.logit));
+    r.score = (int)(p * 100.0 + 0.5);
+    r.cls = cel_score_classify(r.score);
+    r.reasons = al.reasons;
+    return r;
+}
+
+cel_score_result cel_score_compare_raw(const char *a, size_t alen, const char *b, size_t blen)
+{
+    cel_score_name x, y;
+    cel_score_prepare(a, alen, &x);
+    cel_score_prepare(b, blen, &y);
+    return cel_score_compare(&x, &y);
+}
+
+size_t cel_score_features(const cel_score_name *a, const cel_score_name *b, double *out,
+                          size_t cap)
+{
+    align al;
+    if (!best_alignment(cs_cname(a), cs_cname(b), &al))
+        return 0;
+    for (size_t i = 0; i < F_COUNT && i < cap; i++)
+        out[i] = al.f[i];
+    return F_COUNT;
+}
+
+const char *cel_score_class_name(cel_score_class cls)
+{
+    switch (cls) {
+    case CEL_SCORE_RPC: return "RPC";
+    case CEL_SCORE_REVIEW: return "REVIEW";
+    case CEL_SCORE_WPC: return "WPC";
+    case CEL_SCORE_NO_DATA: return "NO_DATA";
+    }
+    return "NO_DATA";
+}
+
+static const char *const reason_names[] = {
+    "EXACT", "NICKNAME", "SWAPPED", "INITIAL", "PHONETIC", "TYPO", "SUFFIX_CONFLICT",
+    "SURNAME_ONLY", "GIVEN_CONFLICT", "SURNAME_CONFLICT", "TRUNCATED", "PARTIAL_SURNAME",
+    "MIDDLE_CONFLICT", "GIVEN_ONLY", "SIMILAR", "NO_DATA",
+};
+
+size_t cel_score_reasons_format(unsigned reasons, char *buf, size_t cap)
+{
+    size_t at = 0;
+    for (unsigned i = 0; i < sizeof reason_names / sizeof reason_names[0]; i++) {
+        if (!(reasons & (1u << i)))
+            continue;
+        const char *s = reason_names[i];
+        if (at) {
+            if (at + 1 < cap)
+                buf[at] = ',';
+            at++;
+        }
+        for (; *s; s++, at++)
+            if (at + 1 < cap)
+                buf[at] = *s;
+    }
+    if (cap)
+        buf[at < cap ? at : cap - 1] = 0;
+    return at;
+}
+
+const char *cel_score_model_version(void)
+{
+    return CS_MODEL_VERSION;
+}
