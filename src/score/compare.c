@@ -203,8 +203,8 @@ static void evaluate(ctx *c, align *al, uint8_t ga, uint8_t sa, uint8_t gb, uint
         static const int gi[] = {0, F_G_CONFLICT, F_G_SIMILAR, F_G_INITIAL, F_G_PHON,
                                  F_G_TYPO, F_G_TRUNC, F_G_NICK, F_G_EXACT};
         f[gi[g.level]] = 1.0;
-        if (g.level != L_INITIAL)
-            f[F_G_JW] = g.jw;
+        if (g.level <= L_SIMILAR)
+            f[F_G_JW] = g.jw; /* grades the weak levels; the others are one-hot */
         const cel_lex_entry *x = unit_lex(A, ga), *y = unit_lex(B, gb);
         if (g.level >= L_PHON) {
             double r = (x && x->grar) ? x->grar / 10.0 : 4.5;
@@ -230,7 +230,7 @@ static void evaluate(ctx *c, align *al, uint8_t ga, uint8_t sa, uint8_t gb, uint
         if (s.partial && s.level >= L_PHON)
             idx = F_S_PARTIAL;
         f[idx] = 1.0;
-        if (s.level != L_INITIAL)
+        if (s.level <= L_SIMILAR && s.level != L_NICK)
             f[F_S_JW] = s.jw;
         if (s.level >= L_PHON) {
             const cel_lex_entry *x = unit_lex(A, sa);
@@ -390,6 +390,11 @@ cel_score_result cel_score_compare(const cel_score_name *a, const cel_score_name
         return r;
     double p = 1.0 / (1.0 + exp(-al.logit));
     r.score = (int)(p * 100.0 + 0.5);
+    /* Policy, not data: a name with one part ("SMITH") cannot confirm a
+     * person, however rare the surname; such pairs go to REVIEW at best. */
+    if ((al.reasons & (CEL_SCORE_R_SURNAME_ONLY | CEL_SCORE_R_GIVEN_ONLY)) &&
+        r.score >= CS_MODEL_RPC_MIN)
+        r.score = CS_MODEL_RPC_MIN - 1;
     r.cls = cel_score_classify(r.score);
     r.reasons = al.reasons;
     return r;

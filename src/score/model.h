@@ -1,26 +1,42 @@
 /* model.h — the scorer's logistic-regression weights and default thresholds.
- * Hand-set starting values; src/score/fit_model.py rewrites this file with
- * weights fitted on the training split. Feature order: cel_score_feature_name(). */
+ * Written by src/score/fit_model.py (train split of bench/data/pairs.tsv,
+ * sha1 679036f9...); do not edit by hand. Feature order: cel_score_feature_name(). */
 #ifndef CELERIAC_SCORE_MODEL_H
 #define CELERIAC_SCORE_MODEL_H
 
-#define CS_MODEL_VERSION "hand-2026-11-28"
-#define CS_MODEL_RPC_MIN 80
-#define CS_MODEL_REVIEW_MIN 50
+#define CS_MODEL_VERSION "lr-2026-11-28-679036f9"
+#define CS_MODEL_RPC_MIN 63
+#define CS_MODEL_REVIEW_MIN 12
 
 static const double cs_model_w[CEL_SCORE_NFEATURES] = {
-    -4.0, /* bias */
-    4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 0.5, -4.0, /* given: exact nick trunc typo phon initial similar conflict */
-    0.0,                                     /* given_jw */
-    5.0, 3.5, 3.5, 3.0, 2.5, 0.5, 0.5, -5.0, /* surname: exact partial trunc typo phon initial similar conflict */
-    0.0,                                     /* surname_jw */
-    0.8,                                     /* surname_rarity */
-    0.3,                                     /* given_rarity */
-    1.0, -2.5,                               /* middle agree, middle conflict */
-    -4.0,                                    /* suffix conflict */
-    -0.5,                                    /* swapped */
-    -1.0, -2.0,                              /* surname only, given only */
-    -4.0,                                    /* sex conflict */
+    1.234014, /* bias */
+    0.000000, /* g_exact */
+    0.000000, /* g_nick */
+    3.870733, /* g_trunc */
+    2.898065, /* g_typo */
+    -4.511521, /* g_phon */
+    -2.298007, /* g_initial */
+    -7.764155, /* g_similar */
+    -10.938270, /* g_conflict */
+    3.266187, /* g_jw */
+    3.596806, /* s_exact */
+    0.724202, /* s_partial */
+    -0.466788, /* s_trunc */
+    1.853791, /* s_typo */
+    0.704185, /* s_phon */
+    0.116129, /* s_initial */
+    -0.361142, /* s_similar */
+    -3.636328, /* s_conflict */
+    0.543797, /* s_jw */
+    0.171684, /* s_rarity */
+    0.000000, /* g_rarity */
+    5.093415, /* m_agree */
+    0.000000, /* m_conflict */
+    -9.710285, /* suffix_conflict */
+    0.000000, /* swapped */
+    0.000000, /* surname_only */
+    -2.530854, /* given_only */
+    -2.867211, /* sex_conflict */
 };
 
 #endif
