@@ -84,7 +84,7 @@ static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, co
     cs_sim r = {L_CONFLICT, 0, 0.0f};
     const char *s = A->text + pa->off, *t = B->text + pb->off;
     size_t ls = pa->len, lt = pb->len;
-    if (ls == lt && !memcmp(s, t, ls)) {
+    if (ls == lt && s[0] == t[0] && !memcmp(s, t, ls)) {
         r.level = L_EXACT;
         r.jw = 1.0f;
         return r;
@@ -94,7 +94,6 @@ static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, co
         return r;
     }
     int ascii = (pa->flags & pb->flags & CS_P_ASCII) != 0;
-    r.jw = (float)(ascii ? cs_jw_bits(s, ls, t, lt, pb->pm) : cs_jw_scalar(s, ls, t, lt));
     if (pa->lex && pb->lex) {
         const cel_lex_entry *x = &cel_lex_entries[pa->lex - 1], *y = &cel_lex_entries[pb->lex - 1];
         if (x->ngroups && y->ngroups && share_group(x, y)) {
@@ -103,19 +102,25 @@ static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, co
         }
     }
     size_t mn = ls < lt ? ls : lt;
-    if (mn >= 3 && !memcmp(s, t, mn)) {
+    size_t diff = ls > lt ? ls - lt : lt - ls;
+    if (mn >= 3 && s[0] == t[0] && !memcmp(s, t, mn)) {
         r.level = L_TRUNC;
         return r;
     }
-    int d = ascii ? cs_osa_bits(s, ls, lt, pb->pm) : cs_osa_scalar(s, ls, t, lt);
-    if ((d == 1 && mn >= 3) || (d == 2 && mn >= 7)) {
-        r.level = L_TYPO;
-        return r;
+    /* OSA distance >= the length difference: skip it when no typo grade is possible */
+    if (mn >= 3 && diff <= (mn >= 7 ? 2u : 1u)) {
+        int d = ascii ? cs_osa_bits(s, ls, lt, pb->pm) : cs_osa_scalar(s, ls, t, lt);
+        if ((d == 1) || (d == 2 && mn >= 7)) {
+            r.level = L_TYPO;
+            return r;
+        }
     }
     if (pa->nys_len && pa->nys_len == pb->nys_len && !memcmp(pa->nys, pb->nys, pa->nys_len)) {
         r.level = L_PHON;
         return r;
     }
+    /* only the weak grades use the Jaro-Winkler value */
+    r.jw = (float)(ascii ? cs_jw_bits(s, ls, t, lt, pb->pm) : cs_jw_scalar(s, ls, t, lt));
     if (r.jw >= 0.85f)
         r.level = L_SIMILAR;
     return r;
@@ -125,6 +130,7 @@ static int better(cs_sim x, cs_sim y)
 {
     return x.level > y.level || (x.level == y.level && x.jw > y.jw);
 }
+
 
 static int content_parts(const cs_name *nm, const cs_unit *u)
 {
@@ -175,11 +181,14 @@ static cs_sim usim(ctx *c, uint8_t ua, uint8_t ub)
 
 /* ---- features ------------------------------------------------------------ */
 
+/* One candidate alignment: which units face each other, and the result. */
 typedef struct align {
-    double f[F_COUNT];
     double logit;
     cs_sim g, s;
-    int has_g, has_s;
+    uint8_t ga, sa, gb, sb;
+    const cs_interp *ia, *ib;
+    uint8_t has_g, has_s, swapped, only;
+    uint32_t active; /* bit i: feature i is non-zero (for the reasons) */
     unsigned reasons;
 } align;
 
@@ -189,29 +198,44 @@ static const cel_lex_entry *unit_lex(const cs_name *nm, uint8_t u)
     return p->lex ? &cel_lex_entries[p->lex - 1] : NULL;
 }
 
-static void evaluate(ctx *c, align *al, uint8_t ga, uint8_t sa, uint8_t gb, uint8_t sb,
-                     const cs_interp *ia, const cs_interp *ib, int swapped, int only)
+/* Score one alignment: the logit, and the feature values into f (when not
+ * NULL, for --features and the fit). */
+#define SETF(i, v)                                                                                 \
+    do {                                                                                           \
+        double v_ = (v);                                                                           \
+        z += cs_model_w[i] * v_;                                                                   \
+        al->active |= 1u << (i);                                                                   \
+        if (f)                                                                                     \
+            f[i] = v_;                                                                             \
+    } while (0)
+
+static void evaluate(ctx *c, align *al, double *f)
 {
     const cs_name *A = c->a, *B = c->b;
-    double *f = al->f;
-    memset(al, 0, sizeof *al);
-    f[F_BIAS] = 1.0;
+    uint8_t ga = al->ga, sa = al->sa, gb = al->gb, sb = al->sb;
+    const cs_interp *ia = al->ia, *ib = al->ib;
+    double z = 0.0;
+    al->active = 0;
+    al->has_g = al->has_s = 0;
+    if (f)
+        memset(f, 0, F_COUNT * sizeof *f);
+    SETF(F_BIAS, 1.0);
     if (ga != CS_NONE && gb != CS_NONE) {
         cs_sim g = usim(c, ga, gb);
         al->g = g;
         al->has_g = 1;
         static const int gi[] = {0, F_G_CONFLICT, F_G_SIMILAR, F_G_INITIAL, F_G_PHON,
                                  F_G_TYPO, F_G_TRUNC, F_G_NICK, F_G_EXACT};
-        f[gi[g.level]] = 1.0;
+        SETF(gi[g.level], 1.0);
         if (g.level <= L_SIMILAR)
-            f[F_G_JW] = g.jw; /* grades the weak levels; the others are one-hot */
+            SETF(F_G_JW, g.jw); /* grades the weak levels; the others are one-hot */
         const cel_lex_entry *x = unit_lex(A, ga), *y = unit_lex(B, gb);
         if (g.level >= L_PHON) {
             double r = (x && x->grar) ? x->grar / 10.0 : 4.5;
-            f[F_G_RARITY] = r - 3.0;
+            SETF(F_G_RARITY, r - 3.0);
         }
         if (g.level < L_NICK && x && y && x->sex && y->sex && x->sex != y->sex)
-            f[F_SEX_CONFLICT] = 1.0;
+            SETF(F_SEX_CONFLICT, 1.0);
     }
     if (sa != CS_NONE && sb != CS_NONE) {
         cs_sim s = usim(c, sa, sb);
@@ -229,48 +253,55 @@ static void evaluate(ctx *c, align *al, uint8_t ga, uint8_t sa, uint8_t gb, uint
         }
         if (s.partial && s.level >= L_PHON)
             idx = F_S_PARTIAL;
-        f[idx] = 1.0;
+        SETF(idx, 1.0);
         if (s.level <= L_SIMILAR && s.level != L_NICK)
-            f[F_S_JW] = s.jw;
+            SETF(F_S_JW, s.jw);
         if (s.level >= L_PHON) {
             const cel_lex_entry *x = unit_lex(A, sa);
             double r = (x && x->srar) ? x->srar / 10.0 : 5.0;
-            f[F_S_RARITY] = r - 3.0;
+            SETF(F_S_RARITY, r - 3.0);
         }
     }
     if (ia && ib && ia->mid_n && ib->mid_n) {
-        cs_sim m = usim(c, ia->mid_first, ib->mid_first);
+        cs_sim m = usim(c, ia->mid[0], ib->mid[0]);
         if (m.level >= L_INITIAL)
-            f[F_M_AGREE] = 1.0;
+            SETF(F_M_AGREE, 1.0);
         else
-            f[F_M_CONFLICT] = 1.0;
+            SETF(F_M_CONFLICT, 1.0);
     }
     if (A->gen && B->gen && A->gen != B->gen)
-        f[F_SUFFIX_CONFLICT] = 1.0;
-    if (swapped)
-        f[F_SWAPPED] = 1.0;
-    if (only == 1)
-        f[F_SURNAME_ONLY] = 1.0;
-    else if (only == 2)
-        f[F_GIVEN_ONLY] = 1.0;
-    double z = 0.0;
-    for (int i = 0; i < F_COUNT; i++)
-        z += cs_model_w[i] * f[i];
+        SETF(F_SUFFIX_CONFLICT, 1.0);
+    if (al->swapped)
+        SETF(F_SWAPPED, 1.0);
+    if (al->only == 1)
+        SETF(F_SURNAME_ONLY, 1.0);
+    else if (al->only == 2)
+        SETF(F_GIVEN_ONLY, 1.0);
     al->logit = z;
 }
 
-static void consider(ctx *c, align *best, align *tmp, uint8_t ga, uint8_t sa, uint8_t gb,
-                     uint8_t sb, const cs_interp *ia, const cs_interp *ib, int swapped, int only)
+static void consider(ctx *c, align *best, uint8_t ga, uint8_t sa, uint8_t gb, uint8_t sb,
+                     const cs_interp *ia, const cs_interp *ib, int swapped, int only)
 {
-    evaluate(c, tmp, ga, sa, gb, sb, ia, ib, swapped, only);
-    if (tmp->logit > best->logit)
-        *best = *tmp;
+    align t;
+    t.ga = ga;
+    t.sa = sa;
+    t.gb = gb;
+    t.sb = sb;
+    t.ia = ia;
+    t.ib = ib;
+    t.swapped = (uint8_t)swapped;
+    t.only = (uint8_t)only;
+    evaluate(c, &t, NULL);
+    if (t.logit > best->logit)
+        *best = t;
 }
+
+#define ACTIVE(i) ((al->active >> (i)) & 1u)
 
 static unsigned reasons_of(const align *al)
 {
     unsigned r = 0;
-    const double *f = al->f;
     if (al->has_g && al->has_s && al->g.level == L_EXACT && al->s.level == L_EXACT &&
         !al->s.partial)
         r |= CEL_SCORE_R_EXACT;
@@ -286,7 +317,7 @@ static unsigned reasons_of(const align *al)
         default: break;
         }
     }
-    if (f[F_SEX_CONFLICT] > 0)
+    if (ACTIVE(F_SEX_CONFLICT))
         r |= CEL_SCORE_R_GIVEN_CONFLICT;
     if (al->has_s) {
         switch (al->s.level) {
@@ -297,18 +328,18 @@ static unsigned reasons_of(const align *al)
         case L_CONFLICT: r |= CEL_SCORE_R_SURNAME_CONFLICT; break;
         default: break;
         }
-        if (f[F_S_PARTIAL] > 0)
+        if (ACTIVE(F_S_PARTIAL))
             r |= CEL_SCORE_R_PARTIAL_SURNAME;
     }
-    if (f[F_M_CONFLICT] > 0)
+    if (ACTIVE(F_M_CONFLICT))
         r |= CEL_SCORE_R_MIDDLE_CONFLICT;
-    if (f[F_SUFFIX_CONFLICT] > 0)
+    if (ACTIVE(F_SUFFIX_CONFLICT))
         r |= CEL_SCORE_R_SUFFIX_CONFLICT;
-    if (f[F_SWAPPED] > 0)
+    if (ACTIVE(F_SWAPPED))
         r |= CEL_SCORE_R_SWAPPED;
-    if (f[F_SURNAME_ONLY] > 0)
+    if (ACTIVE(F_SURNAME_ONLY))
         r |= CEL_SCORE_R_SURNAME_ONLY;
-    if (f[F_GIVEN_ONLY] > 0)
+    if (ACTIVE(F_GIVEN_ONLY))
         r |= CEL_SCORE_R_GIVEN_ONLY;
     return r;
 }
@@ -318,8 +349,9 @@ static int single(const cs_name *nm)
     return (nm->flags & CS_N_SINGLE) != 0;
 }
 
-/* The best alignment of a and b; 0 if either has no usable name. */
-static int best_alignment(const cs_name *A, const cs_name *B, align *best)
+/* The best alignment of a and b; 0 if either has no usable name. With f,
+ * also its feature values. */
+static int best_alignment(const cs_name *A, const cs_name *B, align *best, double *f)
 {
     if (A->magic != CS_MAGIC || B->magic != CS_MAGIC || (A->flags & CS_N_NODATA) ||
         (B->flags & CS_N_NODATA))
@@ -328,24 +360,23 @@ static int best_alignment(const cs_name *A, const cs_name *B, align *best)
     c.a = A;
     c.b = B;
     c.done = 0;
-    align tmp;
     best->logit = -INFINITY;
     if (single(A) || single(B)) {
         uint8_t x = A->interp[0].surname, y = B->interp[0].surname;
         if (single(A) && single(B)) {
-            consider(&c, best, &tmp, CS_NONE, x, CS_NONE, y, NULL, NULL, 0, 1);
-            consider(&c, best, &tmp, x, CS_NONE, y, CS_NONE, NULL, NULL, 0, 2);
+            consider(&c, best, CS_NONE, x, CS_NONE, y, NULL, NULL, 0, 1);
+            consider(&c, best, x, CS_NONE, y, CS_NONE, NULL, NULL, 0, 2);
         } else if (single(A)) {
             for (int k = 0; k < B->ninterp; k++) {
                 const cs_interp *ib = &B->interp[k];
-                consider(&c, best, &tmp, CS_NONE, x, CS_NONE, ib->surname, NULL, NULL, k, 1);
-                consider(&c, best, &tmp, x, CS_NONE, ib->given, CS_NONE, NULL, NULL, k, 2);
+                consider(&c, best, CS_NONE, x, CS_NONE, ib->surname, NULL, NULL, k, 1);
+                consider(&c, best, x, CS_NONE, ib->given, CS_NONE, NULL, NULL, k, 2);
             }
         } else {
             for (int k = 0; k < A->ninterp; k++) {
                 const cs_interp *ia = &A->interp[k];
-                consider(&c, best, &tmp, CS_NONE, ia->surname, CS_NONE, y, NULL, NULL, k, 1);
-                consider(&c, best, &tmp, ia->given, CS_NONE, y, CS_NONE, NULL, NULL, k, 2);
+                consider(&c, best, CS_NONE, ia->surname, CS_NONE, y, NULL, NULL, k, 1);
+                consider(&c, best, ia->given, CS_NONE, y, CS_NONE, NULL, NULL, k, 2);
             }
         }
     } else {
@@ -354,11 +385,13 @@ static int best_alignment(const cs_name *A, const cs_name *B, align *best)
                 if (i && k)
                     continue;
                 const cs_interp *ia = &A->interp[i], *ib = &B->interp[k];
-                consider(&c, best, &tmp, ia->given, ia->surname, ib->given, ib->surname, ia, ib,
+                consider(&c, best, ia->given, ia->surname, ib->given, ib->surname, ia, ib,
                          i != k, 0);
             }
         }
     }
+    if (f)
+        evaluate(&c, best, f);
     best->reasons = reasons_of(best);
     return 1;
 }
@@ -386,7 +419,7 @@ cel_score_result cel_score_compare(const cel_score_name *a, const cel_score_name
 {
     cel_score_result r = {0, CEL_SCORE_NO_DATA, CEL_SCORE_R_NO_DATA};
     align al;
-    if (!best_alignment(cs_cname(a), cs_cname(b), &al))
+    if (!best_alignment(cs_cname(a), cs_cname(b), &al, NULL))
         return r;
     double p = 1.0 / (1.0 + exp(-al.logit));
     r.score = (int)(p * 100.0 + 0.5);
@@ -412,10 +445,11 @@ size_t cel_score_features(const cel_score_name *a, const cel_score_name *b, doub
                           size_t cap)
 {
     align al;
-    if (!best_alignment(cs_cname(a), cs_cname(b), &al))
+    double f[F_COUNT];
+    if (!best_alignment(cs_cname(a), cs_cname(b), &al, f))
         return 0;
     for (size_t i = 0; i < F_COUNT && i < cap; i++)
-        out[i] = al.f[i];
+        out[i] = f[i];
     return F_COUNT;
 }
 

@@ -73,38 +73,37 @@ double cs_jw_scalar(const char *a, size_t alen, const char *b, size_t blen)
     return winkler(jaro, a, alen, b, blen);
 }
 
-/* Bit-parallel: pmb holds b's letter masks (b pure a-z, blen <= 32). */
+/* Bit-parallel: pmb holds b's letter masks (b pure a-z, blen <= 32, alen
+ * <= 32). "bound" is the match window of position i as a bit mask, slid one
+ * step per character; pmb has no bits at or past blen. */
 double cs_jw_bits(const char *a, size_t alen, const char *b, size_t blen, const uint32_t *pmb)
 {
     if (alen == 0 || blen == 0)
         return (alen == blen) ? 1.0 : 0.0;
     size_t maxl = alen > blen ? alen : blen;
     size_t w = maxl / 2 >= 1 ? maxl / 2 - 1 : 0;
-    uint32_t bflag = 0;
-    uint64_t aflag = 0; /* alen <= 32 too (checked by the caller) */
-    uint32_t full = blen >= 32 ? 0xffffffffu : ((1u << blen) - 1u);
-    for (size_t i = 0; i < alen; i++) {
+    uint32_t bflag = 0, aflag = 0;
+    uint32_t bound = w + 1 >= 32 ? 0xffffffffu : ((1u << (w + 1)) - 1u);
+    unsigned m = 0;
+    size_t end = blen + w < alen ? blen + w : alen; /* past it the window is beyond b */
+    for (size_t i = 0; i < end; i++) {
         unsigned c = (unsigned char)a[i] - 'a';
-        if (c >= 26)
-            continue;
-        uint32_t hi = (i + w + 1 >= 32) ? 0xffffffffu : ((1u << (i + w + 1)) - 1u);
-        uint32_t lo = (i > w) ? ~((1u << (i - w)) - 1u) : 0xffffffffu;
-        uint32_t x = pmb[c] & hi & lo & full & ~bflag;
+        uint32_t x = (c < 26 ? pmb[c] : 0) & bound & ~bflag;
         if (x) {
             bflag |= x & (0u - x);
-            aflag |= 1ull << i;
+            aflag |= 1u << i;
+            m++;
         }
+        bound = i < w ? (bound << 1) | 1u : bound << 1;
     }
-    if (!aflag)
+    if (!m)
         return 0.0;
-    size_t m = (size_t)__builtin_popcount(bflag);
-    size_t t = 0;
+    unsigned t = 0;
     uint32_t bf = bflag;
     while (aflag) {
-        int i = __builtin_ctzll(aflag);
+        int i = __builtin_ctz(aflag);
         int j = __builtin_ctz(bf);
-        if (a[i] != b[j])
-            t++;
+        t += a[i] != b[j];
         aflag &= aflag - 1;
         bf &= bf - 1;
     }

@@ -366,6 +366,10 @@ static void part_init(cs_name *nm, cs_part *p, uint16_t off, uint8_t len, uint8_
  * joined part (the words concatenated: "de la cruz" -> "delacruz"). */
 static uint8_t make_unit(cs_name *nm, uint8_t first, uint8_t n)
 {
+    /* the readings share units: a pair of units is graded once per comparison */
+    for (uint8_t i = 0; i < nm->nunits; i++)
+        if (nm->units[i].first == first && nm->units[i].n == n)
+            return i;
     if (nm->nunits >= CS_MAX_UNITS)
         return CS_NONE;
     cs_unit *u = &nm->units[nm->nunits];
@@ -395,6 +399,15 @@ static uint8_t make_unit(cs_name *nm, uint8_t first, uint8_t n)
         }
     }
     return nm->nunits++;
+}
+
+static void add_mid(cs_name *nm, cs_interp *in, uint8_t start, uint8_t end)
+{
+    if (in->mid_n >= CS_MAX_MID)
+        return;
+    uint8_t u = make_unit(nm, start, (uint8_t)(end - start));
+    if (u != CS_NONE)
+        in->mid[in->mid_n++] = u;
 }
 
 static int is_particle(const cs_name *nm, int part)
@@ -552,10 +565,8 @@ cel_score_name *cel_score_prepare(const char *utf8, size_t len, cel_score_name *
             g++;
         if (g < ng) {
             in->given = make_unit(nm, gs[g], (uint8_t)(ge[g] - gs[g]));
-            in->mid_first = nm->nunits;
             for (g++; g < ng; g++)
-                if (make_unit(nm, gs[g], (uint8_t)(ge[g] - gs[g])) != CS_NONE)
-                    in->mid_n++;
+                add_mid(nm, in, gs[g], ge[g]);
         }
         nm->ninterp = 1;
         return out;
@@ -573,10 +584,8 @@ cel_score_name *cel_score_prepare(const char *utf8, size_t len, cel_score_name *
         while (sg > 1 && ge[sg - 1] - gs[sg - 1] == 1 && is_particle(nm, gs[sg - 1]))
             sg--;
         in->given = make_unit(nm, gs[0], (uint8_t)(ge[0] - gs[0]));
-        in->mid_first = nm->nunits;
         for (int g = 1; g < sg; g++)
-            if (make_unit(nm, gs[g], (uint8_t)(ge[g] - gs[g])) != CS_NONE)
-                in->mid_n++;
+            add_mid(nm, in, gs[g], ge[g]);
         in->surname = make_unit(nm, gs[sg], (uint8_t)(np - gs[sg]));
     }
     /* surname first: first group plus the word after leading particles */
@@ -587,10 +596,8 @@ cel_score_name *cel_score_prepare(const char *utf8, size_t len, cel_score_name *
             eg++;
         in->surname = make_unit(nm, 0, ge[eg]);
         in->given = make_unit(nm, gs[eg + 1], (uint8_t)(ge[eg + 1] - gs[eg + 1]));
-        in->mid_first = nm->nunits;
         for (int g = eg + 2; g < ng; g++)
-            if (make_unit(nm, gs[g], (uint8_t)(ge[g] - gs[g])) != CS_NONE)
-                in->mid_n++;
+            add_mid(nm, in, gs[g], ge[g]);
         nm->ninterp = 2;
     }
     return out;
@@ -642,7 +649,7 @@ size_t cel_score_name_field(const cel_score_name *n, cel_score_field f, char *bu
                 for (int i = 0; i < in->mid_n; i++) {
                     if (i)
                         at = put(buf, cap, at, " ", 1);
-                    at = put_unit(nm, (uint8_t)(in->mid_first + i), buf, cap, at);
+                    at = put_unit(nm, in->mid[i], buf, cap, at);
                 }
             break;
         case CEL_SCORE_FIELD_SURNAME:

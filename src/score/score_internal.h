@@ -45,9 +45,11 @@ typedef struct cs_unit {
 
 /* One reading of the name: which unit is the given name, which the surname,
  * which units are middle names. */
+#define CS_MAX_MID 5
 typedef struct cs_interp {
     uint8_t given, surname; /* unit index or CS_NONE */
-    uint8_t mid_first, mid_n;
+    uint8_t mid_n;
+    uint8_t mid[CS_MAX_MID]; /* middle-name units, in order */
 } cs_interp;
 
 enum { /* name flags */
