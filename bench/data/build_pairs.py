@@ -228,6 +228,13 @@ def complete(r):
 HARD_NEG_PER_KIND = 3
 
 
+def name_related(r1, r2, nick, tables):
+    """Both name parts related, straight or with given and surname swapped."""
+    g1, s1, g2, s2 = r1["given"], r1["surname"], r2["given"], r2["surname"]
+    return ((related(g1, g2, nick, tables) and related(s1, s2, nick, tables)) or
+            (related(g1, s2, nick, tables) and related(s1, g2, nick, tables)))
+
+
 def build_febrl(out, nick, stats):
     tables = FebrlTables()
     variant_anchors = []  # (set, global entity, split, given, surname) for the variants set
@@ -279,9 +286,7 @@ def build_febrl(out, nick, stats):
                 if not a and not b:
                     continue
                 if complete(org) and complete(d):
-                    g1, s1, g2, s2 = org["given"], org["surname"], d["given"], d["surname"]
-                    if not ((related(g1, g2, nick, tables) and related(s1, s2, nick, tables)) or
-                            (related(g1, s2, nick, tables) and related(s1, g2, nick, tables))):
+                    if not name_related(org, d, nick, tables):
                         # the generator replaced a name part by another name:
                         # a duplicate record, but not the same name
                         out.add(set_, gid(e), s, a, b, 1, "true_replaced")
@@ -300,6 +305,22 @@ def build_febrl(out, nick, stats):
                     out.add(set_, gid(e), s, a, febrl_name(c), 0, neg_kind(org, c, "random"))
                     n += 1
                 n_true += 1
+            # duplicate vs duplicate: the same person too (all within-group pairs
+            # are matches), each side corrupted on its own; no negatives are
+            # drawn for these, they join the FEBRL hard-negative groups only
+            for i in range(len(dups)):
+                for j in range(i + 1, len(dups)):
+                    d1, d2 = dups[i], dups[j]
+                    a, b = febrl_name(d1), febrl_name(d2)
+                    if not a and not b:
+                        continue
+                    if not (complete(d1) and complete(d2)):
+                        kind = "true_partial"
+                    elif name_related(d1, d2, nick, tables):
+                        kind = "true_dupdup"
+                    else:
+                        kind = "true_replaced"
+                    out.add(set_, gid(e), s, a, b, 1, kind)
             if not n_true:
                 continue
             # blocked hard negatives, once per original: up to HARD_NEG_PER_KIND
