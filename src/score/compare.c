@@ -103,9 +103,15 @@ static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, co
     }
     size_t mn = ls < lt ? ls : lt;
     size_t diff = ls > lt ? ls - lt : lt - ls;
+    /* a cut word (caller-ID's 15 characters: "CHRISTOP") is no name of its
+     * own; "daniel" in "danielle" is a different name, not a truncation */
     if (mn >= 3 && s[0] == t[0] && !memcmp(s, t, mn)) {
-        r.level = L_TRUNC;
-        return r;
+        const cs_part *sh = ls < lt ? pa : pb;
+        const cel_lex_entry *e = sh->lex ? &cel_lex_entries[sh->lex - 1] : NULL;
+        if (!e || (!e->grar && !e->srar)) {
+            r.level = L_TRUNC;
+            return r;
+        }
     }
     /* OSA distance >= the length difference: skip it when no typo grade is possible */
     if (mn >= 3 && diff <= (mn >= 7 ? 2u : 1u)) {
@@ -239,6 +245,30 @@ static void evaluate(ctx *c, align *al, double *f)
     }
     if (sa != CS_NONE && sb != CS_NONE) {
         cs_sim s = usim(c, sa, sb);
+        /* a double surname read as middle + surname ("Maria Garcia Lopez"
+         * vs "Maria Garcia"): the other side's surname may match a middle */
+        if (s.level < L_TYPO && ia && ib && !al->swapped) {
+            for (int k = 0; k < ia->mid_n; k++) {
+                const cs_unit *u = &A->units[ia->mid[k]];
+                if (u->n == 1 && (A->parts[u->first].flags & CS_P_INITIAL))
+                    continue;
+                cs_sim m = usim(c, ia->mid[k], sb);
+                if (m.level >= L_TYPO && m.level != L_NICK && better(m, s)) {
+                    s = m;
+                    s.partial = 1;
+                }
+            }
+            for (int k = 0; k < ib->mid_n; k++) {
+                const cs_unit *u = &B->units[ib->mid[k]];
+                if (u->n == 1 && (B->parts[u->first].flags & CS_P_INITIAL))
+                    continue;
+                cs_sim m = usim(c, sa, ib->mid[k]);
+                if (m.level >= L_TYPO && m.level != L_NICK && better(m, s)) {
+                    s = m;
+                    s.partial = 1;
+                }
+            }
+        }
         al->s = s;
         al->has_s = 1;
         int idx;

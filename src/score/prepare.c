@@ -516,6 +516,18 @@ cel_score_name *cel_score_prepare(const char *utf8, size_t len, cel_score_name *
         }
         /* a comma before the suffix ("SMITH, JOHN, JR") belongs to no one */
     }
+    /* only titles, suffixes, degrees and initials left ("Mr", "Jr", "N/A"): no name */
+    int name_words = 0;
+    for (int i = 0; i < n; i++) {
+        const cel_lex_entry *e = pt[i].lex;
+        if (pt[i].keep && pt[i].t.len > 1 && !(pt[i].t.flags & T_DIGIT) &&
+            !(e && ((e->flags & (CEL_LEX_TITLE | CEL_LEX_DEGREE)) || e->gen)))
+            name_words++;
+    }
+    if (name_words == 0) {
+        nm->flags |= CS_N_NODATA;
+        return out;
+    }
     /* word parts, in order; a word's comma/hyphen marks carry over the
      * dropped words to the previous kept word */
     uint8_t pflags[CS_MAX_TOK];
