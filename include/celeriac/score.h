@@ -34,7 +34,7 @@ extern "C" {
 /* Storage for one prepared name. Opaque: only the library reads it. Plain
  * memory, no pointers inside: it may be copied with memcpy, kept in arrays,
  * and dropped without any cleanup. */
-#define CEL_SCORE_NAME_SIZE 2048
+#define CEL_SCORE_NAME_SIZE 640
 typedef union cel_score_name {
     unsigned char opaque_[CEL_SCORE_NAME_SIZE];
     uint64_t align_;

@@ -64,7 +64,7 @@ const char *cel_score_feature_name(size_t i)
 
 /* ---- part and unit grades -------------------------------------------------- */
 
-static int share_group(const cel_lex_entry *x, const cel_lex_entry *y)
+static int share_group(const cs_part *x, const cs_part *y)
 {
     const uint16_t *p = cel_lex_groups + x->gfirst, *pe = p + x->ngroups;
     const uint16_t *q = cel_lex_groups + y->gfirst, *qe = q + y->ngroups;
@@ -79,8 +79,34 @@ static int share_group(const cel_lex_entry *x, const cel_lex_entry *y)
     return 0;
 }
 
-static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, const cs_part *pb)
+/* One comparison's scratch: the unit-pair grades, and the letter masks of
+ * a's parts. The masks live here, not in the prepared name, so candidates
+ * stay small (a one-to-many scan is bound by memory, not arithmetic) and
+ * the subject's masks are built once per comparison and part, when needed.
+ * So the bit-parallel metrics take b's letters as the text and a's masks as
+ * the pattern: Jaro-Winkler is the textbook JW(s1 = b, s2 = a). */
+typedef struct ctx {
+    const cs_name *a, *b;
+    uint64_t done;
+    uint16_t pm_done;
+    cs_sim sim[CS_MAX_UNITS][CS_MAX_UNITS];
+    uint16_t pm[CS_MAX_PARTS][26];
+} ctx;
+
+static const uint16_t *masks_of(ctx *c, int i)
 {
+    if (!(c->pm_done & (1u << i))) {
+        const cs_part *p = &c->a->parts[i];
+        cs_masks(c->a->text + p->off, p->len, c->pm[i]);
+        c->pm_done = (uint16_t)(c->pm_done | (1u << i));
+    }
+    return c->pm[i];
+}
+
+static cs_sim part_sim(ctx *c, int i, int j)
+{
+    const cs_name *A = c->a, *B = c->b;
+    const cs_part *pa = &A->parts[i], *pb = &B->parts[j];
     cs_sim r = {L_CONFLICT, 0, 0.0f};
     const char *s = A->text + pa->off, *t = B->text + pb->off;
     size_t ls = pa->len, lt = pb->len;
@@ -94,12 +120,9 @@ static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, co
         return r;
     }
     int ascii = (pa->flags & pb->flags & CS_P_ASCII) != 0;
-    if (pa->lex && pb->lex) {
-        const cel_lex_entry *x = &cel_lex_entries[pa->lex - 1], *y = &cel_lex_entries[pb->lex - 1];
-        if (x->ngroups && y->ngroups && share_group(x, y)) {
-            r.level = L_NICK;
-            return r;
-        }
+    if (pa->ngroups && pb->ngroups && share_group(pa, pb)) {
+        r.level = L_NICK;
+        return r;
     }
     size_t mn = ls < lt ? ls : lt;
     size_t diff = ls > lt ? ls - lt : lt - ls;
@@ -107,15 +130,14 @@ static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, co
      * own; "daniel" in "danielle" is a different name, not a truncation */
     if (mn >= 3 && s[0] == t[0] && !memcmp(s, t, mn)) {
         const cs_part *sh = ls < lt ? pa : pb;
-        const cel_lex_entry *e = sh->lex ? &cel_lex_entries[sh->lex - 1] : NULL;
-        if (!e || (!e->grar && !e->srar)) {
+        if (!sh->grar && !sh->srar) {
             r.level = L_TRUNC;
             return r;
         }
     }
     /* OSA distance >= the length difference: skip it when no typo grade is possible */
     if (mn >= 3 && diff <= (mn >= 7 ? 2u : 1u)) {
-        int d = ascii ? cs_osa_bits(s, ls, lt, pb->pm) : cs_osa_scalar(s, ls, t, lt);
+        int d = ascii ? cs_osa_bits(t, lt, ls, masks_of(c, i)) : cs_osa_scalar(t, lt, s, ls);
         if ((d == 1) || (d == 2 && mn >= 7)) {
             r.level = L_TYPO;
             return r;
@@ -126,7 +148,7 @@ static cs_sim part_sim(const cs_name *A, const cs_part *pa, const cs_name *B, co
         return r;
     }
     /* only the weak grades use the Jaro-Winkler value */
-    r.jw = (float)(ascii ? cs_jw_bits(s, ls, t, lt, pb->pm) : cs_jw_scalar(s, ls, t, lt));
+    r.jw = (float)(ascii ? cs_jw_bits(t, lt, s, ls, masks_of(c, i)) : cs_jw_scalar(t, lt, s, ls));
     if (r.jw >= 0.85f)
         r.level = L_SIMILAR;
     return r;
@@ -146,10 +168,11 @@ static int content_parts(const cs_name *nm, const cs_unit *u)
     return c;
 }
 
-static cs_sim unit_sim(const cs_name *A, uint8_t ua, const cs_name *B, uint8_t ub)
+static cs_sim unit_sim(ctx *c, uint8_t ua, uint8_t ub)
 {
+    const cs_name *A = c->a, *B = c->b;
     const cs_unit *u = &A->units[ua], *v = &B->units[ub];
-    cs_sim best = part_sim(A, &A->parts[u->joined], B, &B->parts[v->joined]);
+    cs_sim best = part_sim(c, u->joined, v->joined);
     if (best.level == L_EXACT || (u->n == 1 && v->n == 1))
         return best;
     int partial = content_parts(A, u) > 1 || content_parts(B, v) > 1;
@@ -159,7 +182,7 @@ static cs_sim unit_sim(const cs_name *A, uint8_t ua, const cs_name *B, uint8_t u
         for (int j = v->first; j < v->first + v->n; j++) {
             if (B->parts[j].flags & CS_P_PARTICLE)
                 continue;
-            cs_sim s = part_sim(A, &A->parts[i], B, &B->parts[j]);
+            cs_sim s = part_sim(c, i, j);
             if (s.level >= L_PHON && better(s, best)) {
                 best = s;
                 best.partial = (uint8_t)partial;
@@ -169,17 +192,12 @@ static cs_sim unit_sim(const cs_name *A, uint8_t ua, const cs_name *B, uint8_t u
     return best;
 }
 
-typedef struct ctx {
-    const cs_name *a, *b;
-    uint64_t done;
-    cs_sim sim[CS_MAX_UNITS][CS_MAX_UNITS];
-} ctx;
 
 static cs_sim usim(ctx *c, uint8_t ua, uint8_t ub)
 {
     uint64_t bit = 1ull << (ua * CS_MAX_UNITS + ub);
     if (!(c->done & bit)) {
-        c->sim[ua][ub] = unit_sim(c->a, ua, c->b, ub);
+        c->sim[ua][ub] = unit_sim(c, ua, ub);
         c->done |= bit;
     }
     return c->sim[ua][ub];
@@ -198,10 +216,9 @@ typedef struct align {
     unsigned reasons;
 } align;
 
-static const cel_lex_entry *unit_lex(const cs_name *nm, uint8_t u)
+static const cs_part *unit_main(const cs_name *nm, uint8_t u)
 {
-    const cs_part *p = &nm->parts[nm->units[u].main];
-    return p->lex ? &cel_lex_entries[p->lex - 1] : NULL;
+    return &nm->parts[nm->units[u].main];
 }
 
 /* Score one alignment: the logit, and the feature values into f (when not
@@ -235,12 +252,12 @@ static void evaluate(ctx *c, align *al, double *f)
         SETF(gi[g.level], 1.0);
         if (g.level <= L_SIMILAR)
             SETF(F_G_JW, g.jw); /* grades the weak levels; the others are one-hot */
-        const cel_lex_entry *x = unit_lex(A, ga), *y = unit_lex(B, gb);
+        const cs_part *x = unit_main(A, ga), *y = unit_main(B, gb);
         if (g.level >= L_PHON) {
-            double r = (x && x->grar) ? x->grar / 10.0 : 4.5;
+            double r = x->grar ? x->grar / 10.0 : 4.5;
             SETF(F_G_RARITY, r - 3.0);
         }
-        if (g.level < L_NICK && x && y && x->sex && y->sex && x->sex != y->sex)
+        if (g.level < L_NICK && x->sex && y->sex && x->sex != y->sex)
             SETF(F_SEX_CONFLICT, 1.0);
     }
     if (sa != CS_NONE && sb != CS_NONE) {
@@ -287,8 +304,8 @@ static void evaluate(ctx *c, align *al, double *f)
         if (s.level <= L_SIMILAR && s.level != L_NICK)
             SETF(F_S_JW, s.jw);
         if (s.level >= L_PHON) {
-            const cel_lex_entry *x = unit_lex(A, sa);
-            double r = (x && x->srar) ? x->srar / 10.0 : 5.0;
+            const cs_part *x = unit_main(A, sa);
+            double r = x->srar ? x->srar / 10.0 : 5.0;
             SETF(F_S_RARITY, r - 3.0);
         }
     }
@@ -390,6 +407,7 @@ static int best_alignment(const cs_name *A, const cs_name *B, align *best, doubl
     c.a = A;
     c.b = B;
     c.done = 0;
+    c.pm_done = 0;
     best->logit = -INFINITY;
     if (single(A) || single(B)) {
         uint8_t x = A->interp[0].surname, y = B->interp[0].surname;

@@ -73,10 +73,10 @@ double cs_jw_scalar(const char *a, size_t alen, const char *b, size_t blen)
     return winkler(jaro, a, alen, b, blen);
 }
 
-/* Bit-parallel: pmb holds b's letter masks (b pure a-z, blen <= 32, alen
- * <= 32). "bound" is the match window of position i as a bit mask, slid one
+/* Bit-parallel: pmb holds b's letter masks (b pure a-z, blen <= 16, alen
+ * <= 16; the arithmetic is 32-bit, the masks 16-bit to keep names small). "bound" is the match window of position i as a bit mask, slid one
  * step per character; pmb has no bits at or past blen. */
-double cs_jw_bits(const char *a, size_t alen, const char *b, size_t blen, const uint32_t *pmb)
+double cs_jw_bits(const char *a, size_t alen, const char *b, size_t blen, const uint16_t *pmb)
 {
     if (alen == 0 || blen == 0)
         return (alen == blen) ? 1.0 : 0.0;
@@ -142,8 +142,9 @@ int cs_osa_scalar(const char *a, size_t alen, const char *b, size_t blen)
     return d[alen][blen];
 }
 
-/* Hyyrö's bit-vector OSA: pattern b (masks pmb, 1 <= blen <= 32), text a. */
-int cs_osa_bits(const char *a, size_t alen, size_t blen, const uint32_t *pmb)
+/* Hyyrö's bit-vector OSA: pattern b (masks pmb, 1 <= blen <= 16), text a.
+ * Bits above blen hold garbage that never flows down into bit blen-1. */
+int cs_osa_bits(const char *a, size_t alen, size_t blen, const uint16_t *pmb)
 {
     if (blen == 0)
         return (int)alen;
@@ -172,13 +173,13 @@ int cs_osa_bits(const char *a, size_t alen, size_t blen, const uint32_t *pmb)
     return dist;
 }
 
-void cs_masks(const char *s, size_t len, uint32_t *pm)
+void cs_masks(const char *s, size_t len, uint16_t *pm)
 {
     memset(pm, 0, 26 * sizeof *pm);
-    for (size_t i = 0; i < len && i < 32; i++) {
+    for (size_t i = 0; i < len && i < CS_MASK_MAX; i++) {
         unsigned c = (unsigned char)s[i] - 'a';
         if (c < 26)
-            pm[c] |= 1u << i;
+            pm[c] = (uint16_t)(pm[c] | (1u << i));
     }
 }
 

@@ -337,18 +337,20 @@ static void part_init(cs_name *nm, cs_part *p, uint16_t off, uint8_t len, uint8_
     p->len = len;
     p->flags = flags;
     const char *s = nm->text + off;
-    int ascii = len <= 32;
+    int ascii = len <= CS_MASK_MAX;
     for (size_t i = 0; i < len && ascii; i++)
         ascii = s[i] >= 'a' && s[i] <= 'z';
-    if (ascii) {
+    if (ascii)
         p->flags |= CS_P_ASCII;
-        cs_masks(s, len, p->pm);
-    }
     if (len == 1)
         p->flags |= CS_P_INITIAL;
     const cel_lex_entry *e = cel_lex_find(s, len);
     if (e) {
-        p->lex = (uint16_t)(e - cel_lex_entries + 1);
+        p->gfirst = e->gfirst;
+        p->ngroups = e->ngroups;
+        p->sex = e->sex;
+        p->grar = e->grar;
+        p->srar = e->srar;
         if ((e->flags & CEL_LEX_PARTICLE) && !(flags & CS_P_JOINED))
             p->flags |= CS_P_PARTICLE;
     }
@@ -418,7 +420,7 @@ static int is_particle(const cs_name *nm, int part)
 cel_score_name *cel_score_prepare(const char *utf8, size_t len, cel_score_name *out)
 {
     cs_name *nm = (cs_name *)(void *)out;
-    memset(nm, 0, offsetof(cs_name, parts));
+    memset(nm, 0, offsetof(cs_name, text));
     nm->magic = CS_MAGIC;
     nm->interp[0].given = nm->interp[0].surname = CS_NONE;
     nm->interp[1].given = nm->interp[1].surname = CS_NONE;

@@ -16,23 +16,29 @@
 #define CS_MAX_UNITS 8
 #define CS_TEXT 224          /* normalised text + joined forms */
 #define CS_FULL_MAX 160      /* room for the normalised full name */
+#define CS_MASK_MAX 16       /* parts up to this long get bit masks */
 #define CS_MAX_METRIC_LEN 48 /* longer parts are compared on their first 48 bytes */
 
 enum { /* part flags */
-    CS_P_ASCII = 1,    /* only a-z: bit masks valid (and len <= 32) */
+    CS_P_ASCII = 1,    /* only a-z and len <= CS_MASK_MAX: bit-parallel metrics apply */
     CS_P_INITIAL = 2,  /* one letter */
     CS_P_PARTICLE = 4, /* van, de, al ... */
     CS_P_JOINED = 8,   /* the concatenation of a unit's words */
 };
 
+/* 20 bytes: the lexicon facts are copied in, so a comparison never touches
+ * the lexicon table except to intersect two nickname group lists; the
+ * letter masks are built per comparison for a's parts (compare.c). */
 typedef struct cs_part {
     uint16_t off;      /* into text */
     uint8_t len;
     uint8_t flags;     /* CS_P_* */
-    uint16_t lex;      /* cel_lex_entries index + 1, 0 unknown */
+    uint16_t gfirst;   /* nickname groups: cel_lex_groups[gfirst .. +ngroups) */
+    uint8_t ngroups;
+    uint8_t sex;       /* lexicon: 1 male, 2 female given name, 0 either/unknown */
+    uint8_t grar, srar; /* lexicon: given/surname rarity, 0 unknown */
     uint8_t nys_len;
     char nys[8];       /* NYSIIS code, not NUL-terminated */
-    uint32_t pm[26];   /* letter position masks, when CS_P_ASCII */
 } cs_part;
 
 typedef struct cs_unit {
@@ -68,8 +74,8 @@ typedef struct cs_name {
     uint16_t text_len;
     cs_interp interp[2]; /* [0] as written (given first / comma form), [1] surname first */
     cs_unit units[CS_MAX_UNITS];
-    cs_part parts[CS_MAX_PARTS];
     char text[CS_TEXT];
+    cs_part parts[CS_MAX_PARTS]; /* last: only the first nparts are touched */
 } cs_name;
 
 #define CS_MAGIC 0x53434f52u
@@ -83,9 +89,9 @@ static inline const cs_name *cs_cname(const cel_score_name *n)
 
 /* metrics.c */
 double cs_jw_scalar(const char *a, size_t alen, const char *b, size_t blen);
-double cs_jw_bits(const char *a, size_t alen, const char *b, size_t blen, const uint32_t *pmb);
+double cs_jw_bits(const char *a, size_t alen, const char *b, size_t blen, const uint16_t *pmb);
 int cs_osa_scalar(const char *a, size_t alen, const char *b, size_t blen);
-int cs_osa_bits(const char *a, size_t alen, size_t blen, const uint32_t *pmb);
-void cs_masks(const char *s, size_t len, uint32_t *pm);
+int cs_osa_bits(const char *a, size_t alen, size_t blen, const uint16_t *pmb);
+void cs_masks(const char *s, size_t len, uint16_t *pm);
 
 #endif

@@ -18,7 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void check_metrics(const char *a, size_t la, const char *b, size_t lb)
 {
-    if (la > 32 || lb > 32)
+    if (la > CS_MASK_MAX || lb > CS_MASK_MAX)
         return;
     for (size_t i = 0; i < la; i++)
         if (a[i] < 'a' || a[i] > 'z')
@@ -26,7 +26,7 @@ static void check_metrics(const char *a, size_t la, const char *b, size_t lb)
     for (size_t i = 0; i < lb; i++)
         if (b[i] < 'a' || b[i] > 'z')
             return;
-    uint32_t pm[26];
+    uint16_t pm[26];
     cs_masks(b, lb, pm);
     double x = cs_jw_scalar(a, la, b, lb), y = cs_jw_bits(a, la, b, lb, pm);
     if (x != y && (x - y > 1e-12 || y - x > 1e-12))
