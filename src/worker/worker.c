@@ -644,8 +644,8 @@ int cel_worker_main(cel_config *cfg)
          * the results follow while the pool works. */
         if (w->be && w->late_acks_pending)
             cel_backend_flush(w->be);
-        w->late_acks_pending = 0;
         bool more = false, fetched = false;
+        int acks_sent = 0, late_sent = 0; /* the acks the fetch carries */
         if (w->tr->ops->tick)
             w->tr->ops->tick(w->tr);
         if (w->stop == RUNNING && !w->tr->ops->waiting(w->tr)) {
@@ -663,6 +663,8 @@ int cel_worker_main(cel_config *cfg)
             int waiting_jobs = unacked - w->eta_held;
             if (room > 0 && (waiting_jobs < w->conc || 2 * room >= w->prefetch)) {
                 fetched = true;
+                acks_sent = w->acks_pending;
+                late_sent = w->late_acks_pending;
                 cel_delivery ds[FETCH_BATCH];
                 int want = room < FETCH_BATCH ? room : FETCH_BATCH;
                 int n = w->tr->ops->fetch(w->tr, want, ds);
@@ -680,9 +682,18 @@ int cel_worker_main(cel_config *cfg)
         if (w->be)
             cel_backend_send(w->be);
         w->stores_pending = 0;
-        if (!fetched && w->acks_pending)
+        /* Acks ride on the fetch; those queued after it (a malformed
+         * message acked in receive(), an expired one in dispatch()) stay
+         * marked for the next round trip: forgetting them left them unsent
+         * until some later fetch, and on an idle queue past the visibility
+         * timeout. */
+        if (fetched) {
+            w->acks_pending -= acks_sent;
+            w->late_acks_pending -= late_sent;
+        } else if (w->acks_pending) {
             w->tr->ops->flush(w->tr);
-        w->acks_pending = 0;
+            w->acks_pending = w->late_acks_pending = 0;
+        }
 
         if (w->stop == WARM) {
             w->tr->ops->wait_cancel(w->tr); /* don't sit out BRPOP's second */
