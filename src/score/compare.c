@@ -42,6 +42,7 @@ enum { /* feature indices */
     F_S_RARITY, F_G_RARITY,
     F_M_AGREE, F_M_CONFLICT,
     F_SUFFIX_CONFLICT, F_SWAPPED, F_SURNAME_ONLY, F_GIVEN_ONLY, F_SEX_CONFLICT,
+    F_G_WEAK_M_AGREE,
     F_COUNT
 };
 _Static_assert(F_COUNT == CEL_SCORE_NFEATURES, "feature count");
@@ -55,6 +56,7 @@ static const char *const feature_names[F_COUNT] = {
     "s_rarity", "g_rarity",
     "m_agree", "m_conflict",
     "suffix_conflict", "swapped", "surname_only", "given_only", "sex_conflict",
+    "g_weak_m_agree",
 };
 
 const char *cel_score_feature_name(size_t i)
@@ -311,10 +313,14 @@ static void evaluate(ctx *c, align *al, double *f)
     }
     if (ia && ib && ia->mid_n && ib->mid_n) {
         cs_sim m = usim(c, ia->mid[0], ib->mid[0]);
-        if (m.level >= L_INITIAL)
+        if (m.level >= L_INITIAL) {
             SETF(F_M_AGREE, 1.0);
-        else
+            /* a garbled given name with an agreeing middle name (census keying) */
+            if (al->has_g && al->g.level <= L_SIMILAR && al->g.jw > 0.7f)
+                SETF(F_G_WEAK_M_AGREE, (al->g.jw - 0.7) / 0.3);
+        } else {
             SETF(F_M_CONFLICT, 1.0);
+        }
     }
     if (A->gen && B->gen && A->gen != B->gen)
         SETF(F_SUFFIX_CONFLICT, 1.0);

@@ -76,7 +76,7 @@ def features(binary, rows):
 # learn "swapped means match"; these are clamped at 0 and the rest refitted.
 NONPOS = {"g_conflict", "s_conflict", "m_conflict", "suffix_conflict", "sex_conflict",
           "swapped", "surname_only", "given_only"}
-NONNEG = {"g_exact", "g_nick", "s_exact", "m_agree", "s_rarity", "g_rarity"}
+NONNEG = {"g_exact", "g_nick", "s_exact", "m_agree", "s_rarity", "g_rarity", "g_weak_m_agree"}
 
 
 def irls(X, y, w, l2, fixed=None):

@@ -258,6 +258,61 @@ static void ns_codepoint(nstate *st, int32_t cp)
     }
 }
 
+/* Digits inside a word are noise (OCR and keying: "1RUMOR", "ANN0"): they go,
+ * and the word stays. Digits alone stay a digit word (dropped by the parser),
+ * and so do ordinals ("2nd", a suffix). Rare, so the text is rebuilt. */
+static int ordinal(const char *w, size_t n)
+{
+    size_t d = 0;
+    while (d < n && w[d] >= '0' && w[d] <= '9')
+        d++;
+    return d > 0 && n - d == 2 &&
+           (!memcmp(w + d, "st", 2) || !memcmp(w + d, "nd", 2) || !memcmp(w + d, "rd", 2) ||
+            !memcmp(w + d, "th", 2));
+}
+
+static void strip_digits(nstate *st)
+{
+    int mixed = 0;
+    for (int i = 0; i < st->ntok && !mixed; i++) {
+        const rawtok *t = &st->tok[i];
+        if (!(t->flags & T_DIGIT) || ordinal(st->text + t->off, t->len))
+            continue;
+        for (size_t k = 0; k < t->len; k++) {
+            char ch = st->text[t->off + k];
+            if (ch < '0' || ch > '9') {
+                mixed = 1;
+                break;
+            }
+        }
+    }
+    if (!mixed)
+        return;
+    char tmp[CS_FULL_MAX];
+    size_t n = 0;
+    for (int i = 0; i < st->ntok; i++) {
+        rawtok *t = &st->tok[i];
+        const char *w = st->text + t->off;
+        int strip = 0;
+        if ((t->flags & T_DIGIT) && !ordinal(w, t->len))
+            for (size_t k = 0; k < t->len; k++)
+                if (w[k] < '0' || w[k] > '9')
+                    strip = 1;
+        if (n)
+            tmp[n++] = (st->tok[i - 1].flags & T_HYPHEN) ? '-' : ' ';
+        uint16_t off = (uint16_t)n;
+        for (size_t k = 0; k < t->len; k++)
+            if (!strip || w[k] < '0' || w[k] > '9')
+                tmp[n++] = w[k];
+        t->off = off;
+        t->len = (uint8_t)(n - off);
+        if (strip)
+            t->flags &= (uint8_t)~T_DIGIT;
+    }
+    memcpy(st->text, tmp, n);
+    st->n = n;
+}
+
 static void normalize(nstate *st, const char *s, size_t len)
 {
     if (!s)
@@ -286,6 +341,7 @@ static void normalize(nstate *st, const char *s, size_t len)
         i += (size_t)k;
     }
     ns_sep(st, C_SPACE);
+    strip_digits(st);
 }
 
 size_t cel_score_normalize(const char *utf8, size_t len, char *out, size_t cap)
