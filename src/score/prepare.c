@@ -325,6 +325,21 @@ static void normalize(nstate *st, const char *s, size_t len)
     while (i < len && !st->full) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x80) {
+            /* the fast path: a run of ASCII letters is copied in one go */
+            if (ascii_class[c] == C_LETTER && st->in_tok && st->tok[st->ntok - 1].len < 64) {
+                rawtok *t = &st->tok[st->ntok - 1];
+                while (i < len && st->n < st->cap && t->len < 64) {
+                    c = (unsigned char)s[i];
+                    if (c >= 0x80 || ascii_class[c] != C_LETTER)
+                        break;
+                    st->text[st->n++] = (char)(c | 0x20);
+                    t->len++;
+                    i++;
+                }
+                if (i < len && st->n >= st->cap)
+                    st->full = 1;
+                continue;
+            }
             ns_ascii(st, c);
             i++;
             continue;
@@ -386,7 +401,10 @@ typedef struct ptok {
     uint8_t keep;
 } ptok;
 
-static void part_init(cs_name *nm, cs_part *p, uint16_t off, uint8_t len, uint8_t flags)
+/* e: the word's lexicon entry when the caller has looked it up already
+ * (lookup != 0), else looked up here. */
+static void part_init(cs_name *nm, cs_part *p, uint16_t off, uint8_t len, uint8_t flags,
+                      const cel_lex_entry *e, int lookup)
 {
     memset(p, 0, sizeof *p);
     p->off = off;
@@ -400,7 +418,8 @@ static void part_init(cs_name *nm, cs_part *p, uint16_t off, uint8_t len, uint8_
         p->flags |= CS_P_ASCII;
     if (len == 1)
         p->flags |= CS_P_INITIAL;
-    const cel_lex_entry *e = cel_lex_find(s, len);
+    if (!lookup)
+        e = cel_lex_find(s, len);
     if (e) {
         p->gfirst = e->gfirst;
         p->ngroups = e->ngroups;
@@ -453,7 +472,7 @@ static uint8_t make_unit(cs_name *nm, uint8_t first, uint8_t n)
             }
             nm->text[nm->text_len++] = 0;
             u->joined = nm->nparts;
-            part_init(nm, &nm->parts[nm->nparts++], off, (uint8_t)len, CS_P_JOINED);
+            part_init(nm, &nm->parts[nm->nparts++], off, (uint8_t)len, CS_P_JOINED, NULL, 0);
         }
     }
     return nm->nunits++;
@@ -598,7 +617,7 @@ cel_score_name *cel_score_prepare(const char *utf8, size_t len, cel_score_name *
         }
         if (pt[i].t.flags & T_DIGIT)
             continue;
-        part_init(nm, &nm->parts[nm->nparts], pt[i].t.off, pt[i].t.len, 0);
+        part_init(nm, &nm->parts[nm->nparts], pt[i].t.off, pt[i].t.len, 0, pt[i].lex, 1);
         pflags[nm->nparts] = pt[i].t.flags;
         nm->nparts++;
     }
