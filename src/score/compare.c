@@ -26,7 +26,11 @@
 
 _Static_assert(sizeof cs_model_w / sizeof cs_model_w[0] == CEL_SCORE_NFEATURES, "model size");
 
-enum { L_NONE = 0, L_CONFLICT, L_SIMILAR, L_INITIAL, L_PHON, L_TYPO, L_TRUNC, L_NICK, L_EXACT };
+/* Grades, weakest first. TYPO2: the same letters in another order
+ * ("ilivoa"/"olivia", "jsneo"/"jones"), beyond what OSA calls a typo. */
+enum {
+    L_NONE = 0, L_CONFLICT, L_SIMILAR, L_TYPO2, L_INITIAL, L_PHON, L_TYPO, L_TRUNC, L_NICK, L_EXACT
+};
 
 typedef struct cs_sim {
     uint8_t level, partial;
@@ -42,7 +46,7 @@ enum { /* feature indices */
     F_S_RARITY, F_G_RARITY,
     F_M_AGREE, F_M_CONFLICT,
     F_SUFFIX_CONFLICT, F_SWAPPED, F_SURNAME_ONLY, F_GIVEN_ONLY, F_SEX_CONFLICT,
-    F_G_WEAK_M_AGREE,
+    F_G_WEAK_M_AGREE, F_G_TYPO2, F_S_TYPO2,
     F_COUNT
 };
 _Static_assert(F_COUNT == CEL_SCORE_NFEATURES, "feature count");
@@ -56,7 +60,7 @@ static const char *const feature_names[F_COUNT] = {
     "s_rarity", "g_rarity",
     "m_agree", "m_conflict",
     "suffix_conflict", "swapped", "surname_only", "given_only", "sex_conflict",
-    "g_weak_m_agree",
+    "g_weak_m_agree", "g_typo2", "s_typo2",
 };
 
 const char *cel_score_feature_name(size_t i)
@@ -147,6 +151,11 @@ static cs_sim part_sim(ctx *c, int i, int j)
     }
     if (pa->nys_len && pa->nys_len == pb->nys_len && !memcmp(pa->nys, pb->nys, pa->nys_len)) {
         r.level = L_PHON;
+        return r;
+    }
+    if (mn >= 3 && pa->bag == pb->bag && pa->bag) {
+        r.level = L_TYPO2;
+        r.jw = (float)(ascii ? cs_jw_bits(t, lt, s, ls, masks_of(c, i)) : cs_jw_scalar(t, lt, s, ls));
         return r;
     }
     /* only the weak grades use the Jaro-Winkler value */
@@ -249,8 +258,8 @@ static void evaluate(ctx *c, align *al, double *f)
         cs_sim g = usim(c, ga, gb);
         al->g = g;
         al->has_g = 1;
-        static const int gi[] = {0, F_G_CONFLICT, F_G_SIMILAR, F_G_INITIAL, F_G_PHON,
-                                 F_G_TYPO, F_G_TRUNC, F_G_NICK, F_G_EXACT};
+        static const int gi[] = {0, F_G_CONFLICT, F_G_SIMILAR, F_G_TYPO2, F_G_INITIAL,
+                                 F_G_PHON, F_G_TYPO, F_G_TRUNC, F_G_NICK, F_G_EXACT};
         SETF(gi[g.level], 1.0);
         if (g.level <= L_SIMILAR)
             SETF(F_G_JW, g.jw); /* grades the weak levels; the others are one-hot */
@@ -295,6 +304,7 @@ static void evaluate(ctx *c, align *al, double *f)
         case L_EXACT: idx = F_S_EXACT; break;
         case L_TRUNC: idx = F_S_TRUNC; break;
         case L_TYPO: idx = F_S_TYPO; break;
+        case L_TYPO2: idx = F_S_TYPO2; break;
         case L_PHON: idx = F_S_PHON; break;
         case L_INITIAL: idx = F_S_INITIAL; break;
         case L_NICK: case L_SIMILAR: idx = F_S_SIMILAR; break;
@@ -363,7 +373,7 @@ static unsigned reasons_of(const align *al)
         case L_NICK: r |= CEL_SCORE_R_NICKNAME; break;
         case L_INITIAL: r |= CEL_SCORE_R_INITIAL; break;
         case L_TRUNC: r |= CEL_SCORE_R_TRUNCATED; break;
-        case L_TYPO: r |= CEL_SCORE_R_TYPO; break;
+        case L_TYPO: case L_TYPO2: r |= CEL_SCORE_R_TYPO; break;
         case L_PHON: r |= CEL_SCORE_R_PHONETIC; break;
         case L_SIMILAR: r |= CEL_SCORE_R_SIMILAR; break;
         case L_CONFLICT: r |= CEL_SCORE_R_GIVEN_CONFLICT; break;
@@ -375,7 +385,7 @@ static unsigned reasons_of(const align *al)
     if (al->has_s) {
         switch (al->s.level) {
         case L_TRUNC: r |= CEL_SCORE_R_TRUNCATED; break;
-        case L_TYPO: r |= CEL_SCORE_R_TYPO; break;
+        case L_TYPO: case L_TYPO2: r |= CEL_SCORE_R_TYPO; break;
         case L_PHON: r |= CEL_SCORE_R_PHONETIC; break;
         case L_INITIAL: case L_NICK: case L_SIMILAR: r |= CEL_SCORE_R_SIMILAR; break;
         case L_CONFLICT: r |= CEL_SCORE_R_SURNAME_CONFLICT; break;

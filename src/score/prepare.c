@@ -416,6 +416,25 @@ static void part_init(cs_name *nm, cs_part *p, uint16_t off, uint8_t len, uint8_
         ascii = s[i] >= 'a' && s[i] <= 'z';
     if (ascii)
         p->flags |= CS_P_ASCII;
+    /* odd constants from a 32-bit LCG: equal sums <=> equal letter multisets
+     * (for words this short, collisions are vanishingly rare) */
+    static const uint32_t letter_k[26] = {
+        0x9e3779b1u, 0x85ebca77u, 0xc2b2ae3du, 0x27d4eb2fu, 0x165667b1u, 0xd3a2646du,
+        0xfd7046c5u, 0xb55a4f09u, 0x7feb352du, 0x846ca68bu, 0x2c1b3c6du, 0x297a2d39u,
+        0x68e31da5u, 0x1b873593u, 0xcc9e2d51u, 0xe6546b65u, 0x5bd1e995u, 0x3c6ef373u,
+        0xa54ff53bu, 0x510e527fu, 0x9b05688du, 0x1f83d9abu, 0x5be0cd19u, 0xcbbb9d5du,
+        0x629a292bu, 0x9159015bu,
+    };
+    uint32_t bag = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned ch = (unsigned char)s[i] - 'a';
+        if (ch >= 26) {
+            bag = 0;
+            break;
+        }
+        bag += letter_k[ch];
+    }
+    p->bag = bag;
     if (len == 1)
         p->flags |= CS_P_INITIAL;
     if (!lookup)

@@ -26,7 +26,7 @@ enum { /* part flags */
     CS_P_JOINED = 8,   /* the concatenation of a unit's words */
 };
 
-/* 20 bytes: the lexicon facts are copied in, so a comparison never touches
+/* 24 bytes: the lexicon facts are copied in, so a comparison never touches
  * the lexicon table except to intersect two nickname group lists; the
  * letter masks are built per comparison for a's parts (compare.c). */
 typedef struct cs_part {
@@ -39,6 +39,7 @@ typedef struct cs_part {
     uint8_t grar, srar; /* lexicon: given/surname rarity, 0 unknown */
     uint8_t nys_len;
     char nys[8];       /* NYSIIS code, not NUL-terminated */
+    uint32_t bag;      /* the letters as a multiset (a sum of per-letter constants), 0 if not a-z */
 } cs_part;
 
 typedef struct cs_unit {
