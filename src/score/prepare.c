@@ -679,7 +679,16 @@ cel_score_name *cel_score_prepare(const char *utf8, size_t len, cel_score_name *
         nm->ninterp = 1;
         return out;
     }
-    if (ng == 1) {
+    /* "de paoli", "von trapp": particles and one word are a surname alone,
+     * unless the first particle is also a common given name (Van, Al, Ben:
+     * SSA rarity <= 44, about 1,000 births in the seven years) */
+    int lead = 1;
+    for (int g = 0; g < ng - 1 && lead; g++) {
+        const cs_part *p = &nm->parts[gs[g]];
+        lead = ge[g] - gs[g] == 1 && (p->flags & CS_P_PARTICLE) &&
+               (g > 0 || p->grar == 0 || p->grar > 44);
+    }
+    if (ng == 1 || lead) {
         nm->flags |= CS_N_SINGLE;
         nm->interp[0].surname = make_unit(nm, 0, (uint8_t)np);
         nm->ninterp = 1;

@@ -126,6 +126,8 @@ static void test_parse(void **state)
     expect_fields("GARCIA LOPEZ, MARIA", "maria", "", "garcia lopez", "", "");
     expect_fields("Presidente Vladimir Putin", "vladimir", "", "putin", "", "presidente");
     expect_fields("Dean Martin", "dean", "", "martin", "", ""); /* a title word that is a name */
+    expect_fields("de paoli", "", "", "de paoli", "", "");        /* particle + word: a surname */
+    expect_fields("Van Morrison", "van", "", "morrison", "", ""); /* a particle that is a name */
 
     char buf[128];
     cel_score_name n;
