@@ -681,12 +681,13 @@ cel_score_name *cel_score_prepare(const char *utf8, size_t len, cel_score_name *
     }
     /* "de paoli", "von trapp": particles and one word are a surname alone,
      * unless the first particle is also a common given name (Van, Al, Ben:
-     * SSA rarity <= 44, about 1,000 births in the seven years) */
+     * SSA rarity <= 44, about 1,000 births in the seven years) or a listed
+     * nickname (Di, Del) */
     int lead = 1;
     for (int g = 0; g < ng - 1 && lead; g++) {
         const cs_part *p = &nm->parts[gs[g]];
         lead = ge[g] - gs[g] == 1 && (p->flags & CS_P_PARTICLE) &&
-               (g > 0 || p->grar == 0 || p->grar > 44);
+               (g > 0 || ((p->grar == 0 || p->grar > 44) && !p->ngroups));
     }
     if (ng == 1 || lead) {
         nm->flags |= CS_N_SINGLE;
