@@ -4,6 +4,7 @@
 #include "core/log.h"
 #include "worker/worker.h"
 #include "score/cli.h"
+#include "db/db.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -14,6 +15,7 @@ static void usage(FILE *f)
           "       celeriac call TASK [--args JSON] [--kwargs JSON] [-Q QUEUE] [--countdown N]\n"
           "                     [-b URL]       send a task and print its id\n"
           "       celeriac score NAME_A NAME_B  RPC/WPC name score (see `celeriac score --help`)\n"
+          "       celeriac db migrate [--database-url URL]  apply the PostgreSQL schema\n"
           "       celeriac --version\n",
           f);
 }
@@ -36,6 +38,8 @@ int main(int argc, char **argv)
         return cel_call_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "score"))
         return cel_score_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "db"))
+        return cel_db_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "worker") != 0) {
         fprintf(stderr, "celeriac: error: unknown command: %s\n", argv[1]);
         usage(stderr);
