@@ -125,7 +125,7 @@ int cel_score_name_usable(const cel_score_name *n);
 /* Features of the best alignment of a and b, as the model sees them, for the
  * offline fit (src/score/fit_model.py). Writes min(count, cap) values into
  * out and returns the count (CEL_SCORE_NFEATURES); 0 for NO_DATA pairs. */
-#define CEL_SCORE_NFEATURES 31
+#define CEL_SCORE_NFEATURES 33
 size_t cel_score_features(const cel_score_name *a, const cel_score_name *b, double *out,
                           size_t cap);
 /* The name of feature i (static string), NULL past the end. */

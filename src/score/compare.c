@@ -27,9 +27,13 @@
 _Static_assert(sizeof cs_model_w / sizeof cs_model_w[0] == CEL_SCORE_NFEATURES, "model size");
 
 /* Grades, weakest first. TYPO2: the same letters in another order
- * ("ilivoa"/"olivia", "jsneo"/"jones"), beyond what OSA calls a typo. */
+ * ("ilivoa"/"olivia", "jsneo"/"jones"), beyond what OSA calls a typo.
+ * EDIT2: OSA distance 2 between parts of 4-6 letters ("wcignt"/"wright"):
+ * weak for given names (many different names are that close), useful for
+ * surnames; the model weighs the two roles separately. */
 enum {
-    L_NONE = 0, L_CONFLICT, L_SIMILAR, L_TYPO2, L_INITIAL, L_PHON, L_TYPO, L_TRUNC, L_NICK, L_EXACT
+    L_NONE = 0, L_CONFLICT, L_SIMILAR, L_EDIT2, L_TYPO2, L_INITIAL, L_PHON, L_TYPO, L_TRUNC, L_NICK,
+    L_EXACT
 };
 
 typedef struct cs_sim {
@@ -46,7 +50,7 @@ enum { /* feature indices */
     F_S_RARITY, F_G_RARITY,
     F_M_AGREE, F_M_CONFLICT,
     F_SUFFIX_CONFLICT, F_SWAPPED, F_SURNAME_ONLY, F_GIVEN_ONLY, F_SEX_CONFLICT,
-    F_G_WEAK_M_AGREE, F_G_TYPO2, F_S_TYPO2,
+    F_G_WEAK_M_AGREE, F_G_TYPO2, F_S_TYPO2, F_G_EDIT2, F_S_EDIT2,
     F_COUNT
 };
 _Static_assert(F_COUNT == CEL_SCORE_NFEATURES, "feature count");
@@ -60,7 +64,7 @@ static const char *const feature_names[F_COUNT] = {
     "s_rarity", "g_rarity",
     "m_agree", "m_conflict",
     "suffix_conflict", "swapped", "surname_only", "given_only", "sex_conflict",
-    "g_weak_m_agree", "g_typo2", "s_typo2",
+    "g_weak_m_agree", "g_typo2", "s_typo2", "g_edit2", "s_edit2",
 };
 
 const char *cel_score_feature_name(size_t i)
@@ -142,8 +146,9 @@ static cs_sim part_sim(ctx *c, int i, int j)
         }
     }
     /* OSA distance >= the length difference: skip it when no typo grade is possible */
-    if (mn >= 3 && diff <= (mn >= 7 ? 2u : 1u)) {
-        int d = ascii ? cs_osa_bits(t, lt, ls, masks_of(c, i)) : cs_osa_scalar(t, lt, s, ls);
+    int d = 99;
+    if (mn >= 3 && diff <= (mn >= 4 ? 2u : 1u)) {
+        d = ascii ? cs_osa_bits(t, lt, ls, masks_of(c, i)) : cs_osa_scalar(t, lt, s, ls);
         if ((d == 1) || (d == 2 && mn >= 7)) {
             r.level = L_TYPO;
             return r;
@@ -155,6 +160,11 @@ static cs_sim part_sim(ctx *c, int i, int j)
     }
     if (mn >= 3 && pa->bag == pb->bag && pa->bag) {
         r.level = L_TYPO2;
+        r.jw = (float)(ascii ? cs_jw_bits(t, lt, s, ls, masks_of(c, i)) : cs_jw_scalar(t, lt, s, ls));
+        return r;
+    }
+    if (d == 2) {
+        r.level = L_EDIT2;
         r.jw = (float)(ascii ? cs_jw_bits(t, lt, s, ls, masks_of(c, i)) : cs_jw_scalar(t, lt, s, ls));
         return r;
     }
@@ -258,10 +268,10 @@ static void evaluate(ctx *c, align *al, double *f)
         cs_sim g = usim(c, ga, gb);
         al->g = g;
         al->has_g = 1;
-        static const int gi[] = {0, F_G_CONFLICT, F_G_SIMILAR, F_G_TYPO2, F_G_INITIAL,
-                                 F_G_PHON, F_G_TYPO, F_G_TRUNC, F_G_NICK, F_G_EXACT};
+        static const int gi[] = {0, F_G_CONFLICT, F_G_SIMILAR, F_G_EDIT2, F_G_TYPO2,
+                                 F_G_INITIAL, F_G_PHON, F_G_TYPO, F_G_TRUNC, F_G_NICK, F_G_EXACT};
         SETF(gi[g.level], 1.0);
-        if (g.level <= L_SIMILAR)
+        if (g.level <= L_TYPO2)
             SETF(F_G_JW, g.jw); /* grades the weak levels; the others are one-hot */
         const cs_part *x = unit_main(A, ga), *y = unit_main(B, gb);
         if (g.level >= L_PHON) {
@@ -305,6 +315,7 @@ static void evaluate(ctx *c, align *al, double *f)
         case L_TRUNC: idx = F_S_TRUNC; break;
         case L_TYPO: idx = F_S_TYPO; break;
         case L_TYPO2: idx = F_S_TYPO2; break;
+        case L_EDIT2: idx = F_S_EDIT2; break;
         case L_PHON: idx = F_S_PHON; break;
         case L_INITIAL: idx = F_S_INITIAL; break;
         case L_NICK: case L_SIMILAR: idx = F_S_SIMILAR; break;
@@ -313,7 +324,7 @@ static void evaluate(ctx *c, align *al, double *f)
         if (s.partial && s.level >= L_PHON)
             idx = F_S_PARTIAL;
         SETF(idx, 1.0);
-        if (s.level <= L_SIMILAR && s.level != L_NICK)
+        if (s.level <= L_TYPO2)
             SETF(F_S_JW, s.jw);
         if (s.level >= L_PHON) {
             const cs_part *x = unit_main(A, sa);
@@ -326,7 +337,7 @@ static void evaluate(ctx *c, align *al, double *f)
         if (m.level >= L_INITIAL) {
             SETF(F_M_AGREE, 1.0);
             /* a garbled given name with an agreeing middle name (census keying) */
-            if (al->has_g && al->g.level <= L_SIMILAR && al->g.jw > 0.7f)
+            if (al->has_g && al->g.level <= L_TYPO2 && al->g.jw > 0.7f)
                 SETF(F_G_WEAK_M_AGREE, (al->g.jw - 0.7) / 0.3);
         } else {
             SETF(F_M_CONFLICT, 1.0);
@@ -373,7 +384,7 @@ static unsigned reasons_of(const align *al)
         case L_NICK: r |= CEL_SCORE_R_NICKNAME; break;
         case L_INITIAL: r |= CEL_SCORE_R_INITIAL; break;
         case L_TRUNC: r |= CEL_SCORE_R_TRUNCATED; break;
-        case L_TYPO: case L_TYPO2: r |= CEL_SCORE_R_TYPO; break;
+        case L_TYPO: case L_TYPO2: case L_EDIT2: r |= CEL_SCORE_R_TYPO; break;
         case L_PHON: r |= CEL_SCORE_R_PHONETIC; break;
         case L_SIMILAR: r |= CEL_SCORE_R_SIMILAR; break;
         case L_CONFLICT: r |= CEL_SCORE_R_GIVEN_CONFLICT; break;
@@ -385,7 +396,7 @@ static unsigned reasons_of(const align *al)
     if (al->has_s) {
         switch (al->s.level) {
         case L_TRUNC: r |= CEL_SCORE_R_TRUNCATED; break;
-        case L_TYPO: case L_TYPO2: r |= CEL_SCORE_R_TYPO; break;
+        case L_TYPO: case L_TYPO2: case L_EDIT2: r |= CEL_SCORE_R_TYPO; break;
         case L_PHON: r |= CEL_SCORE_R_PHONETIC; break;
         case L_INITIAL: case L_NICK: case L_SIMILAR: r |= CEL_SCORE_R_SIMILAR; break;
         case L_CONFLICT: r |= CEL_SCORE_R_SURNAME_CONFLICT; break;
