@@ -233,7 +233,7 @@ typedef struct align {
     uint8_t ga, sa, gb, sb;
     const cs_interp *ia, *ib;
     uint8_t has_g, has_s, swapped, only;
-    uint32_t active; /* bit i: feature i is non-zero (for the reasons) */
+    uint64_t active; /* bit i: feature i is non-zero (for the reasons) */
     unsigned reasons;
 } align;
 
@@ -248,7 +248,7 @@ static const cs_part *unit_main(const cs_name *nm, uint8_t u)
     do {                                                                                           \
         double v_ = (v);                                                                           \
         z += cs_model_w[i] * v_;                                                                   \
-        al->active |= 1u << (i);                                                                   \
+        al->active |= 1ull << (i);                                                                 \
         if (f)                                                                                     \
             f[i] = v_;                                                                             \
     } while (0)
@@ -372,6 +372,7 @@ static void consider(ctx *c, align *best, uint8_t ga, uint8_t sa, uint8_t gb, ui
 }
 
 #define ACTIVE(i) ((al->active >> (i)) & 1u)
+_Static_assert(F_COUNT <= 64, "active is a 64-bit mask");
 
 static unsigned reasons_of(const align *al)
 {
