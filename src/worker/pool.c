@@ -64,7 +64,14 @@ struct cel_pool {
     int n;          /* processes; 0 = solo */
     child *kids;
     int jobq[2];    /* [0] parent writes, [1] children read */
-    int queued;     /* jobs in the queue not yet taken */
+    int queued;     /* jobs in the queue not yet taken (staged ones too) */
+    /* Jobs staged by cel_pool_submit, sent together by cel_pool_flush. */
+    struct staged {
+        uint64_t job;
+        const char *raw;
+        size_t len;
+    } *stage;
+    size_t nstage, capstage;
     bool stopping;
     uint64_t solo_job;
 };
@@ -389,21 +396,55 @@ int cel_pool_submit(cel_pool *p, uint64_t job, const char *raw, size_t len,
     }
     if (cel_pool_idle(p) <= 0)
         return -1;
-    int rc;
-    if (len <= INLINE_MAX) {
-        struct iovec iov[2] = {{&job, 8}, {(void *)raw, len}};
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
-        ssize_t w;
-        do
-            w = sendmsg(p->jobq[0], &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        while (w < 0 && errno == EINTR);
-        rc = w == (ssize_t)(len + 8) ? 0 : -1; /* EAGAIN: queue full, keep it */
-    } else {
-        rc = send_memfd(p->jobq[0], job, raw, len);
-    }
-    if (rc == 0)
+    if (len > INLINE_MAX) {
+        /* The queue keeps its order: what is staged goes first. */
+        cel_pool_flush(p);
+        if (cel_pool_idle(p) <= 0 || send_memfd(p->jobq[0], job, raw, len) < 0)
+            return -1;
         p->queued++;
-    return rc;
+        return 0;
+    }
+    if (cel_grow(&p->stage, &p->capstage, p->nstage, sizeof *p->stage, 16) < 0)
+        return -1;
+    p->stage[p->nstage++] = (struct staged){job, raw, len};
+    p->queued++;
+    return 0;
+}
+
+/* Why batch: one sendmsg per job was the parent's most frequent system call
+ * (20000 for 20000 tasks, against 2500 polls); sendmmsg sends a turn's jobs
+ * in one call, still one datagram each, so children take them one by one. */
+void cel_pool_flush(cel_pool *p)
+{
+    enum { BATCH = 64 };
+    size_t sent = 0;
+    while (sent < p->nstage) {
+        struct mmsghdr mm[BATCH];
+        struct iovec iov[BATCH][2];
+        unsigned n = 0;
+        for (size_t i = sent; i < p->nstage && n < BATCH; i++, n++) {
+            struct staged *j = &p->stage[i];
+            iov[n][0] = (struct iovec){&j->job, 8};
+            iov[n][1] = (struct iovec){(void *)j->raw, j->len};
+            mm[n] = (struct mmsghdr){.msg_hdr = {.msg_iov = iov[n], .msg_iovlen = 2}};
+        }
+        int r;
+        do
+            r = sendmmsg(p->jobq[0], mm, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (r < 0 && errno == EINTR);
+        if (r <= 0)
+            break; /* EAGAIN: queue full; the rest stay with the caller */
+        sent += (size_t)r;
+        if ((unsigned)r < n)
+            break;
+    }
+    size_t n = p->nstage;
+    p->nstage = 0;
+    for (size_t i = sent; i < n; i++) {
+        p->queued--;
+        if (p->ev.on_unsent)
+            p->ev.on_unsent(p->ud, p->stage[i].job);
+    }
 }
 
 int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)
@@ -603,5 +644,6 @@ void cel_pool_stop(cel_pool *p, bool kill_now)
         cel_buf_free(&k->in);
     }
     free(p->kids);
+    free(p->stage);
     free(p);
 }

@@ -41,6 +41,9 @@ typedef struct cel_pool_events {
     void (*on_lost)(void *ud, uint64_t job, int status);
     /* A process (pid) took the job and is starting it. */
     void (*on_started)(void *ud, uint64_t job, pid_t pid);
+    /* A submitted job could not be queued after all (the queue was full at
+     * cel_pool_flush): it is the caller's again, as if submit had failed. */
+    void (*on_unsent)(void *ud, uint64_t job);
 } cel_pool_events;
 
 /* Starts the pool.  `processes` = 0 means solo.  Returns NULL with `err` set
@@ -54,11 +57,15 @@ int cel_pool_idle(const cel_pool *p);
 /* Jobs handed to the pool and not finished (queued or running). */
 int cel_pool_busy(const cel_pool *p);
 
-/* Hands a message to the pool as `job`.  Prefork sends the raw envelope
- * (`raw`, `len`) for a child to decode; solo runs `m` (parsed with its body)
- * at once.  Returns 0, or -1 when the pool is full. */
+/* Hands a message to the pool as `job`.  Prefork stages the raw envelope
+ * (`raw`, `len`: borrowed until cel_pool_flush) for a child to decode; solo
+ * runs `m` (parsed with its body) at once.  Returns 0, or -1 when the pool
+ * is full. */
 int cel_pool_submit(cel_pool *p, uint64_t job, const char *raw, size_t len,
                     const cel_message *m);
+/* Sends the staged jobs (one system call for a turn's worth); those the
+ * queue cannot take come back through on_unsent. */
+void cel_pool_flush(cel_pool *p);
 
 /* Takes back jobs still waiting in the queue (no process took them yet),
  * e.g. at a warm shutdown, so their messages can be restored.  Writes up to

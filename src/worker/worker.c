@@ -217,6 +217,14 @@ static void finish(worker *w, request *r, cel_outcome *o)
 
 /* ---- pool callbacks --------------------------------------------------- */
 
+static void pool_on_unsent(void *ud, uint64_t job)
+{
+    worker *w = ud;
+    request *r = find_req(w, job, NULL);
+    if (r && r->state == REQ_SUBMITTED)
+        r->state = REQ_RESERVED; /* dispatched again next turn */
+}
+
 static void pool_on_started(void *ud, uint64_t job, pid_t pid)
 {
     worker *w = ud;
@@ -443,6 +451,7 @@ static double dispatch(worker *w)
             continue;
         i++;
     }
+    cel_pool_flush(w->pool);
     w->eta_held = eta_held;
     /* Celery raises the broker's prefetch by one per ETA message it holds
      * (and lowers it again), so held ETA tasks don't starve the window. */
@@ -605,7 +614,8 @@ int cel_worker_main(cel_config *cfg)
                             .store_results = w->be != NULL, .extended = cfg->result_extended,
                             .for_rpc = w->be && w->be->for_rpc,
                             .ignore_result = cfg->task_ignore_result};
-    cel_pool_events ev = {pool_on_outcome, pool_on_state, pool_on_lost, pool_on_started};
+    cel_pool_events ev = {pool_on_outcome, pool_on_state, pool_on_lost, pool_on_started,
+                          pool_on_unsent};
     int procs = cfg->pool == CEL_POOL_SOLO ? 0 : cfg->concurrency;
     w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
     if (!w->pool) {
