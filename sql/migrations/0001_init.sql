@@ -49,7 +49,7 @@ CREATE TABLE enrichment_queue_jobs (
     processed    bigint NOT NULL DEFAULT 0,
     error        text,
     worker       text,
-    summary      jsonb                 -- the task's return value once succeeded
+    summary      json                  -- the task's return value once succeeded (json keeps its key order)
 );
 CREATE INDEX enrichment_queue_jobs_list_id ON enrichment_queue_jobs (list_id);
 CREATE INDEX enrichment_queue_jobs_status ON enrichment_queue_jobs (status)
