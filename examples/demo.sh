@@ -7,7 +7,12 @@
 # redis-server on loopback (unless CELERY_BROKER_URL is set: then that broker and
 # CELERY_RESULT_BACKEND are used), starts `celeriac worker` with the examples task
 # module, runs examples/python/producer.py against it and prints the results.
-# Everything it started is stopped on exit; the exit status is the producer's.
+# Then the main job (issue 5): unless DATABASE_URL is set, it starts a throwaway
+# PostgreSQL (as the postgres user, loopback, a temporary folder), runs
+# `celeriac db migrate`, and examples/python/enrich_producer.py seeds a
+# 10,000-entry list from bench/data/pairs.tsv, dispatches enrich_list with
+# send_task, shows its progress and prints the summary and a few scored rows.
+# Everything it started is stopped on exit; the exit status is the producers'.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,6 +39,7 @@ cleanup() {
         wait "$WORKER_PID" 2>/dev/null || true
     fi
     stop_redis
+    stop_postgres
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -47,8 +53,18 @@ if [ -z "${CELERY_BROKER_URL:-}" ]; then
     echo "demo: throwaway redis-server on 127.0.0.1:$REDIS_PORT (broker db 0, results db 1)"
 fi
 
-# Broker/backend reach the worker through the environment (no password on argv).
-"$ROOT/build/src/celeriac" worker -A "$ROOT/build/examples/libceleriac-examples.so" \
+if [ -z "${DATABASE_URL:-}" ]; then
+    chmod 755 "$WORK" # the postgres user must reach the data folder
+    start_postgres "$WORK/pg"
+    export DATABASE_URL=$DATABASE_URL_LOCAL
+    echo "demo: throwaway PostgreSQL on 127.0.0.1:$PG_PORT ($DATABASE_URL)"
+fi
+"$ROOT/build/src/celeriac" db migrate
+
+# Broker/backend/database reach the worker through the environment (no password on argv).
+# ENRICH_BATCH_SIZE=1000: a PROGRESS update every 1,000 entries, so the demo shows some.
+ENRICH_BATCH_SIZE=1000 "$ROOT/build/src/celeriac" worker -A "$ROOT/build/examples/libceleriac-examples.so" \
+    -A "$ROOT/build/src/enrich/libceleriac-enrich.so" \
     -Q celery -c 2 -n demo@%h -l info >"$WORK/worker.log" 2>&1 &
 WORKER_PID=$!
 
@@ -67,6 +83,10 @@ echo "demo: $(grep -m1 "ready\." "$WORK/worker.log")"
 
 status=0
 "$CELERIAC_PYTHON" "$ROOT/examples/python/producer.py" || status=$?
+
+echo
+echo "demo: the enrichment job: enrich_list on a 10,000-entry list in PostgreSQL"
+"$CELERIAC_PYTHON" "$ROOT/examples/python/enrich_producer.py" --entries 10000 || status=$?
 
 echo
 echo "demo: celeriac worker log:"
