@@ -74,6 +74,14 @@ const char *cel_score_feature_name(size_t i)
 
 /* ---- part and unit grades -------------------------------------------------- */
 
+static int popcount32(uint32_t x)
+{
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0f0f0f0fu;
+    return (int)((x * 0x01010101u) >> 24);
+}
+
 static int share_group(const cs_part *x, const cs_part *y)
 {
     const uint16_t *p = cel_lex_groups + x->gfirst, *pe = p + x->ngroups;
@@ -146,8 +154,12 @@ static cs_sim part_sim(ctx *c, int i, int j)
         }
     }
     /* OSA distance >= the length difference: skip it when no typo grade is possible */
+    /* an edit changes the letter set by at most two letters (a substitution
+     * drops one and adds one), so OSA >= ceil(|set difference| / 2): with
+     * more than 4 letters not shared, no typo or edit-2 grade is possible */
     int d = 99;
-    if (mn >= 3 && diff <= (mn >= 4 ? 2u : 1u)) {
+    if (mn >= 3 && diff <= (mn >= 4 ? 2u : 1u) &&
+        !(ascii && popcount32(pa->lset ^ pb->lset) > 4)) {
         d = ascii ? cs_osa_bits(t, lt, ls, masks_of(c, i)) : cs_osa_scalar(t, lt, s, ls);
         if ((d == 1) || (d == 2 && mn >= 7)) {
             r.level = L_TYPO;

@@ -425,16 +425,18 @@ static void part_init(cs_name *nm, cs_part *p, uint16_t off, uint8_t len, uint8_
         0xa54ff53bu, 0x510e527fu, 0x9b05688du, 0x1f83d9abu, 0x5be0cd19u, 0xcbbb9d5du,
         0x629a292bu, 0x9159015bu,
     };
-    uint32_t bag = 0;
+    uint32_t bag = 0, lset = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned ch = (unsigned char)s[i] - 'a';
         if (ch >= 26) {
-            bag = 0;
+            bag = lset = 0;
             break;
         }
         bag += letter_k[ch];
+        lset |= 1u << ch;
     }
     p->bag = bag;
+    p->lset = lset;
     if (len == 1)
         p->flags |= CS_P_INITIAL;
     if (!lookup)

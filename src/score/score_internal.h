@@ -12,7 +12,7 @@
 
 #define CS_MAX_INPUT 255     /* input bytes read */
 #define CS_MAX_TOK 10        /* tokens kept */
-#define CS_MAX_PARTS 14      /* tokens + joined forms of multi-word units */
+#define CS_MAX_PARTS 12      /* tokens + joined forms of multi-word units */
 #define CS_MAX_UNITS 8
 #define CS_TEXT 224          /* normalised text + joined forms */
 #define CS_FULL_MAX 160      /* room for the normalised full name */
@@ -26,7 +26,7 @@ enum { /* part flags */
     CS_P_JOINED = 8,   /* the concatenation of a unit's words */
 };
 
-/* 24 bytes: the lexicon facts are copied in, so a comparison never touches
+/* 28 bytes: the lexicon facts are copied in, so a comparison never touches
  * the lexicon table except to intersect two nickname group lists; the
  * letter masks are built per comparison for a's parts (compare.c). */
 typedef struct cs_part {
@@ -40,6 +40,7 @@ typedef struct cs_part {
     uint8_t nys_len;
     char nys[8];       /* NYSIIS code, not NUL-terminated */
     uint32_t bag;      /* the letters as a multiset (a sum of per-letter constants), 0 if not a-z */
+    uint32_t lset;     /* the letters as a set (bit c-'a'), 0 if not a-z */
 } cs_part;
 
 typedef struct cs_unit {
