@@ -66,6 +66,8 @@ enum cel_score_reason {
     CEL_SCORE_R_GIVEN_ONLY = 1u << 13,      /* one side has only a given name */
     CEL_SCORE_R_SIMILAR = 1u << 14,         /* a part is only loosely similar (Jaro-Winkler) */
     CEL_SCORE_R_NO_DATA = 1u << 15,         /* one side has no usable name */
+    CEL_SCORE_R_MIDDLE_NAME = 1u << 16,     /* a given name matched the other's middle name
+                                               ("J. Robert Smith" / "Robert Smith") */
 };
 #define CEL_SCORE_R_HYPHENATED CEL_SCORE_R_PARTIAL_SURNAME
 

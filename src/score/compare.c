@@ -245,6 +245,7 @@ typedef struct align {
     uint8_t ga, sa, gb, sb;
     const cs_interp *ia, *ib;
     uint8_t has_g, has_s, swapped, only;
+    uint8_t midgiven; /* a's or b's middle name stands in for its initial given name */
     uint64_t active; /* bit i: feature i is non-zero (for the reasons) */
     unsigned reasons;
 } align;
@@ -378,6 +379,7 @@ static void consider(ctx *c, align *best, uint8_t ga, uint8_t sa, uint8_t gb, ui
     t.ib = ib;
     t.swapped = (uint8_t)swapped;
     t.only = (uint8_t)only;
+    t.midgiven = 0;
     evaluate(c, &t, NULL);
     if (t.logit > best->logit)
         *best = t;
@@ -386,11 +388,34 @@ static void consider(ctx *c, align *best, uint8_t ga, uint8_t sa, uint8_t gb, ui
 #define ACTIVE(i) ((al->active >> (i)) & 1u)
 _Static_assert(F_COUNT <= 64, "active is a 64-bit mask");
 
+/* "J. Robert Smith" goes by Robert: an initial given name followed by a full
+ * middle name may stand for the middle name. No middle comparison then. */
+static int initial_unit(const cs_name *nm, uint8_t u)
+{
+    return u != CS_NONE && nm->units[u].n == 1 &&
+           (nm->parts[nm->units[u].first].flags & CS_P_INITIAL);
+}
+
+static void consider_middle(ctx *c, align *best, uint8_t ga, uint8_t sa, uint8_t gb, uint8_t sb)
+{
+    align t;
+    t.ga = ga;
+    t.sa = sa;
+    t.gb = gb;
+    t.sb = sb;
+    t.ia = t.ib = NULL;
+    t.swapped = t.only = 0;
+    t.midgiven = 1;
+    evaluate(c, &t, NULL);
+    if (t.logit > best->logit)
+        *best = t;
+}
+
 static unsigned reasons_of(const align *al)
 {
     unsigned r = 0;
     if (al->has_g && al->has_s && al->g.level == L_EXACT && al->s.level == L_EXACT &&
-        !al->s.partial)
+        !al->s.partial && !al->midgiven)
         r |= CEL_SCORE_R_EXACT;
     if (al->has_g) {
         switch (al->g.level) {
@@ -424,6 +449,8 @@ static unsigned reasons_of(const align *al)
         r |= CEL_SCORE_R_SUFFIX_CONFLICT;
     if (ACTIVE(F_SWAPPED))
         r |= CEL_SCORE_R_SWAPPED;
+    if (al->midgiven)
+        r |= CEL_SCORE_R_MIDDLE_NAME;
     if (ACTIVE(F_SURNAME_ONLY))
         r |= CEL_SCORE_R_SURNAME_ONLY;
     if (ACTIVE(F_GIVEN_ONLY))
@@ -477,6 +504,11 @@ static int best_alignment(const cs_name *A, const cs_name *B, align *best, doubl
                          i != k, 0);
             }
         }
+        const cs_interp *pa = &A->interp[0], *pb = &B->interp[0];
+        if (initial_unit(A, pa->given) && pa->mid_n && !initial_unit(A, pa->mid[0]))
+            consider_middle(&c, best, pa->mid[0], pa->surname, pb->given, pb->surname);
+        if (initial_unit(B, pb->given) && pb->mid_n && !initial_unit(B, pb->mid[0]))
+            consider_middle(&c, best, pa->given, pa->surname, pb->mid[0], pb->surname);
     }
     if (f)
         evaluate(&c, best, f);
@@ -555,7 +587,7 @@ const char *cel_score_class_name(cel_score_class cls)
 static const char *const reason_names[] = {
     "EXACT", "NICKNAME", "SWAPPED", "INITIAL", "PHONETIC", "TYPO", "SUFFIX_CONFLICT",
     "SURNAME_ONLY", "GIVEN_CONFLICT", "SURNAME_CONFLICT", "TRUNCATED", "PARTIAL_SURNAME",
-    "MIDDLE_CONFLICT", "GIVEN_ONLY", "SIMILAR", "NO_DATA",
+    "MIDDLE_CONFLICT", "GIVEN_ONLY", "SIMILAR", "NO_DATA", "MIDDLE_NAME",
 };
 
 size_t cel_score_reasons_format(unsigned reasons, char *buf, size_t cap)

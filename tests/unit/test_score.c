@@ -246,6 +246,8 @@ static void test_reasons(void **state)
                  CEL_SCORE_R_TRUNCATED | CEL_SCORE_R_SWAPPED);
     expect_class("Katherine Johnson", "Kathrine Johnson", CEL_SCORE_RPC, CEL_SCORE_R_TYPO);
     expect_class("Mary Smith-Jones", "Mary Jones", CEL_SCORE_RPC, CEL_SCORE_R_PARTIAL_SURNAME);
+    expect_class("J. Robert Smith", "Robert Smith", CEL_SCORE_RPC, CEL_SCORE_R_MIDDLE_NAME);
+    expect_class("SMITH, H ROSS", "Ross Smith", CEL_SCORE_RPC, CEL_SCORE_R_MIDDLE_NAME);
     expect_class("John Smith Jr", "John Smith Sr", CEL_SCORE_WPC, CEL_SCORE_R_SUFFIX_CONFLICT);
     expect_class("John Smith", "Mary Smith", CEL_SCORE_WPC, CEL_SCORE_R_GIVEN_CONFLICT);
     expect_class("John Smith", "John Brown", CEL_SCORE_WPC, CEL_SCORE_R_SURNAME_CONFLICT);
@@ -259,6 +261,8 @@ static void test_reasons(void **state)
     char buf[64];
     assert_int_equal(cel_score_reasons_format(0, buf, sizeof buf), 0);
     assert_string_equal(buf, "");
+    cel_score_reasons_format(CEL_SCORE_R_MIDDLE_NAME, buf, sizeof buf);
+    assert_string_equal(buf, "MIDDLE_NAME");
     cel_score_reasons_format(CEL_SCORE_R_NICKNAME | CEL_SCORE_R_SWAPPED, buf, sizeof buf);
     assert_string_equal(buf, "NICKNAME,SWAPPED");
     size_t need = cel_score_reasons_format(CEL_SCORE_R_NICKNAME | CEL_SCORE_R_SWAPPED, buf, 5);
