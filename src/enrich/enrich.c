@@ -482,7 +482,10 @@ static int score_batch(job *j, PGresult *r, buf *out, buf *sc)
     return 0;
 }
 
-static int copy_in(PGconn *c, const char *sql, const buf *data, char *err, int *transient)
+/* Sends `COPY ... FROM STDIN` with all of data, without waiting for the
+ * server to finish ingesting it (copy_finish reads the outcome). In blocking
+ * mode PQputCopyEnd has flushed everything, so `data` may be reused at once. */
+static int copy_send(PGconn *c, const char *sql, const buf *data, char *err, int *transient)
 {
     PGresult *r = PQexec(c, sql);
     if (!r || PQresultStatus(r) != PGRES_COPY_IN) {
@@ -492,12 +495,21 @@ static int copy_in(PGconn *c, const char *sql, const buf *data, char *err, int *
         return -1;
     }
     PQclear(r);
-    int ok = PQputCopyData(c, data->p, (int)data->len) == 1 && PQputCopyEnd(c, NULL) == 1;
-    int rc = ok ? 0 : -1;
-    if (!ok) {
+    if (PQputCopyData(c, data->p, (int)data->len) != 1 || PQputCopyEnd(c, NULL) != 1) {
         cel_pg_error(c, NULL, err, ERRCAP);
-        *transient = 1;
+        *transient = cel_pg_transient(c, NULL);
+        while ((r = PQgetResult(c)) != NULL)
+            PQclear(r);
+        return -1;
     }
+    return 0;
+}
+
+/* Reads the outcome of the COPY copy_send sent. */
+static int copy_finish(PGconn *c, char *err, int *transient)
+{
+    int rc = 0;
+    PGresult *r;
     while ((r = PQgetResult(c)) != NULL) {
         if (rc == 0 && PQresultStatus(r) != PGRES_COMMAND_OK) {
             cel_pg_error(c, r, err, ERRCAP);
@@ -507,6 +519,13 @@ static int copy_in(PGconn *c, const char *sql, const buf *data, char *err, int *
         PQclear(r);
     }
     return rc;
+}
+
+static int copy_in(PGconn *c, const char *sql, const buf *data, char *err, int *transient)
+{
+    if (copy_send(c, sql, data, err, transient) < 0)
+        return -1;
+    return copy_finish(c, err, transient);
 }
 
 static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
@@ -644,45 +663,70 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
              j->list);
     TRY(qx(w, sql, 0, NULL, err, &transient));
     snprintf(sql, sizeof sql, "FETCH FORWARD %ld FROM enrich_cur", g_batch);
+    /* A pipeline of two stages: while the server ingests batch k's COPY into
+     * rpc_scores, this process scores batch k+1 (fetched just before), so
+     * the scorer's time hides behind the server's on a multi-core machine. */
     buf out = {0}, sc = {0};
-    for (;;) {
-        double ta = now_s();
-        r = q(w, sql, 0, NULL, err, &transient);
-        double tb = now_s();
-        j->t_read += tb - ta;
-        if (!r) {
-            free(out.p);
-            free(sc.p);
-            return fail(j, transient ? E_TRANSIENT : E_PERMANENT, err);
-        }
-        int rows = PQntuples(r);
-        if (rows == 0) {
-            PQclear(r);
+    int kind = 0; /* set on failure: E_* */
+    double ta = now_s();
+    r = q(w, sql, 0, NULL, err, &transient);
+    j->t_read += now_s() - ta;
+    if (!r)
+        return fail(j, transient ? E_TRANSIENT : E_PERMANENT, err);
+    int rows = PQntuples(r);
+    if (rows > 0) {
+        ta = now_s();
+        if (score_batch(j, r, &out, &sc) < 0)
+            kind = E_PERMANENT, snprintf(err, ERRCAP, "out of memory");
+        j->t_score += now_s() - ta;
+    }
+    PQclear(r);
+    while (rows > 0 && !kind) {
+        /* batch k is scored, in out/sc */
+        ta = now_s();
+        if (copy_in(w, "COPY enrich_out FROM STDIN", &out, err, &transient) < 0) {
+            kind = transient ? E_TRANSIENT : E_PERMANENT;
             break;
         }
+        j->t_copy += now_s() - ta;
+        ta = now_s();
+        PGresult *next = q(w, sql, 0, NULL, err, &transient);
+        j->t_read += now_s() - ta;
+        if (!next) {
+            kind = transient ? E_TRANSIENT : E_PERMANENT;
+            break;
+        }
+        ta = now_s();
+        if (copy_send(w,
+                      "COPY rpc_scores (job_id, list_entry_id, score, class, reasons,"
+                      " model_version) FROM STDIN",
+                      &sc, err, &transient) < 0) {
+            PQclear(next);
+            kind = transient ? E_TRANSIENT : E_PERMANENT;
+            break;
+        }
+        j->t_copy += now_s() - ta;
+        int next_rows = PQntuples(next);
+        ta = now_s();
         out.len = sc.len = 0;
-        if (score_batch(j, r, &out, &sc) < 0) {
-            PQclear(r);
-            free(out.p);
-            free(sc.p);
-            return fail(j, E_PERMANENT, "out of memory");
-        }
-        PQclear(r);
-        double tc = now_s();
-        j->t_score += tc - tb;
-        int crc = copy_in(w,
-                          "COPY rpc_scores (job_id, list_entry_id, score, class, reasons,"
-                          " model_version) FROM STDIN",
-                          &sc, err, &transient);
-        if (crc == 0)
-            crc = copy_in(w, "COPY enrich_out FROM STDIN", &out, err, &transient);
-        j->t_copy += now_s() - tc;
+        int scored = next_rows > 0 ? score_batch(j, next, &out, &sc) : 0;
+        j->t_score += now_s() - ta;
+        PQclear(next);
+        ta = now_s();
+        int crc = copy_finish(w, err, &transient);
+        j->t_copy += now_s() - ta;
         if (crc < 0) {
-            free(out.p);
-            free(sc.p);
-            return fail(j, transient ? E_TRANSIENT : E_PERMANENT, err);
+            kind = transient ? E_TRANSIENT : E_PERMANENT;
+            break;
         }
+        if (scored < 0) {
+            kind = E_PERMANENT;
+            snprintf(err, ERRCAP, "out of memory");
+            break;
+        }
+        /* batch k is written */
         j->processed += rows;
+        rows = next_rows;
         cel_task_update_state(t, "PROGRESS",
                               json_pack("{s:I, s:I}", "current", (json_int_t)j->processed,
                                         "total", (json_int_t)(j->total > j->processed
@@ -695,13 +739,14 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
         if (g_batch_sleep_ms > 0)
             usleep((useconds_t)g_batch_sleep_ms * 1000);
         if (cel_task_soft_limit_exceeded(t)) {
-            free(out.p);
-            free(sc.p);
-            return fail(j, E_SOFT_LIMIT, "soft time limit exceeded");
+            kind = E_SOFT_LIMIT;
+            snprintf(err, ERRCAP, "soft time limit exceeded");
         }
     }
     free(out.p);
     free(sc.p);
+    if (kind)
+        return fail(j, kind, err);
     j->total = j->processed; /* what was read, in the transaction's snapshot */
 
     TRY(qx(w, "CLOSE enrich_cur", 0, NULL, err, &transient));
