@@ -70,6 +70,13 @@ typedef struct cel_task_options {
      * instead of failing with WorkerLostError (Celery's
      * reject_on_worker_lost; a task that always crashes then loops). */
     cel_option reject_on_worker_lost;
+    /* Seconds; 0 = the worker's --time-limit / --soft-time-limit.  A limit in
+     * the message (apply_async(time_limit=..., soft_time_limit=...)) wins,
+     * as in Celery.  Hard: the pool process is killed and the task fails
+     * with TimeLimitExceeded.  Soft: cel_task_soft_limit_exceeded() turns
+     * true; see there. */
+    double time_limit;
+    double soft_time_limit;
 } cel_task_options;
 
 /* Registers `fn` under the Celery name `name` (copied).  `opts` may be NULL.
@@ -119,9 +126,16 @@ int cel_task_retries(const cel_task *t);
 const json_t *cel_task_headers(const cel_task *t);
 const json_t *cel_task_delivery_info(const cel_task *t);
 
-/* True once the soft time limit has passed; long tasks should poll it and
- * clean up (a task that returns without handling it fails with
- * SoftTimeLimitExceeded). */
+/* True once the soft time limit has passed.  Long tasks should poll it, clean
+ * up, and end — typically with
+ *     return cel_task_raise_args(t, "billiard.exceptions", "SoftTimeLimitExceeded",
+ *                                json_array());
+ * which is what Celery stores when Python's SoftTimeLimitExceeded is not
+ * caught.  A task that saw it true may also return a value (Python's `except
+ * SoftTimeLimitExceeded: return ...`).  A task that never looked and ends
+ * after the limit fails with SoftTimeLimitExceeded whatever it returned: in
+ * Python the exception would have been raised inside it.  Blocking calls
+ * (sleep, read) return early with EINTR when the limit passes. */
 bool cel_task_soft_limit_exceeded(const cel_task *t);
 
 #ifdef __cplusplus

@@ -698,6 +698,7 @@ void cel_config_defaults(cel_config *c)
     c->task_acks_late = false;
     c->task_track_started = false;
     c->task_reject_on_worker_lost = false;
+    c->task_acks_on_failure_or_timeout = true;
     c->task_ignore_result = false;
     c->result_extended = false;
     c->result_expires = 86400;
@@ -807,6 +808,7 @@ static int set_bool_field(bool *field, const char *name, const char *value, char
 BOOL_SETTER(set_task_acks_late, task_acks_late)
 BOOL_SETTER(set_task_track_started, task_track_started)
 BOOL_SETTER(set_task_reject_on_worker_lost, task_reject_on_worker_lost)
+BOOL_SETTER(set_task_acks_on_failure_or_timeout, task_acks_on_failure_or_timeout)
 BOOL_SETTER(set_task_ignore_result, task_ignore_result)
 BOOL_SETTER(set_result_extended, result_extended)
 BOOL_SETTER(set_broker_connection_retry, broker_connection_retry)
@@ -825,6 +827,33 @@ static int set_result_expires(cel_config *c, const char *name, const char *value
         return -1;
     }
     return 0;
+}
+
+/* A time limit: seconds > 0, or None/0 for none. */
+static int set_limit(double *field, const char *name, const char *value, char *err,
+                     size_t errlen)
+{
+    if (is_none(value)) {
+        *field = 0;
+        return 0;
+    }
+    if (parse_seconds(value, field) < 0) {
+        set_err(err, errlen, "%s: expected a number of seconds >= 0, got '%s'", name, value);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_task_time_limit(cel_config *c, const char *name, const char *value, char *err,
+                               size_t errlen)
+{
+    return set_limit(&c->task_time_limit, name, value, err, errlen);
+}
+
+static int set_task_soft_time_limit(cel_config *c, const char *name, const char *value,
+                                    char *err, size_t errlen)
+{
+    return set_limit(&c->task_soft_time_limit, name, value, err, errlen);
 }
 
 static int set_prefetch_multiplier(cel_config *c, const char *name, const char *value,
@@ -1066,6 +1095,9 @@ static const struct {
     {"task_acks_late", set_task_acks_late},
     {"task_track_started", set_task_track_started},
     {"task_reject_on_worker_lost", set_task_reject_on_worker_lost},
+    {"task_acks_on_failure_or_timeout", set_task_acks_on_failure_or_timeout},
+    {"task_time_limit", set_task_time_limit},
+    {"task_soft_time_limit", set_task_soft_time_limit},
     {"task_ignore_result", set_task_ignore_result},
     {"result_extended", set_result_extended},
     {"result_expires", set_result_expires},
@@ -1307,6 +1339,7 @@ enum opt_id {
     OPT_APP, OPT_BROKER, OPT_RESULT_BACKEND, OPT_QUEUES, OPT_CONCURRENCY, OPT_HOSTNAME,
     OPT_LOGLEVEL, OPT_LOGFILE, OPT_POOL, OPT_PREFETCH, OPT_EVENTS, OPT_NO_HEARTBEAT,
     OPT_NO_GOSSIP, OPT_NO_MINGLE, OPT_ACKS_LATE, OPT_ENV, OPT_ENV_FILE, OPT_HELP,
+    OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT,
 };
 
 static const struct worker_option {
@@ -1326,6 +1359,9 @@ static const struct worker_option {
     {OPT_LOGFILE, "logfile", 'f', "PATH", "log to PATH instead of stderr"},
     {OPT_POOL, "pool", 'P', "POOL", "prefork (default) or solo"},
     {OPT_PREFETCH, "prefetch-multiplier", 0, "N", "messages to prefetch per process (default 4)"},
+    {OPT_TIME_LIMIT, "time-limit", 0, "SECONDS", "hard time limit: the process is killed"},
+    {OPT_SOFT_TIME_LIMIT, "soft-time-limit", 0, "SECONDS",
+     "soft time limit: the task is told and may clean up"},
     {OPT_EVENTS, "task-events", 'E', NULL, "send task events"},
     {OPT_EVENTS, "events", 0, NULL, "same as --task-events"},
     {OPT_NO_HEARTBEAT, "without-heartbeat", 0, NULL, "don't send worker heartbeats"},
@@ -1411,6 +1447,8 @@ static int apply_option(cel_config *c, struct cli_state *st, const struct worker
     case OPT_LOGFILE: return set_logfile(c, name, value, err, errlen);
     case OPT_POOL: return set_pool(c, name, value, err, errlen);
     case OPT_PREFETCH: return set_prefetch_multiplier(c, name, value, err, errlen);
+    case OPT_TIME_LIMIT: return set_task_time_limit(c, name, value, err, errlen);
+    case OPT_SOFT_TIME_LIMIT: return set_task_soft_time_limit(c, name, value, err, errlen);
     case OPT_EVENTS: c->task_events = true; return 0;
     case OPT_NO_HEARTBEAT: c->without_heartbeat = true; return 0;
     case OPT_NO_GOSSIP: c->without_gossip = true; return 0;

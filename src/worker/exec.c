@@ -19,6 +19,7 @@ struct cel_task {
     const cel_message *m;
     const cel_exec_env *env;
     volatile sig_atomic_t *soft_flag;
+    bool soft_seen; /* the task looked and saw the soft limit passed */
     cel_state_cb state_cb;
     void *state_ud;
     json_t *delivery_info; /* built on first use */
@@ -185,7 +186,13 @@ const json_t *cel_task_headers(const cel_task *t)
         mt->headers = cel_message_headers(t->m);
     return mt->headers;
 }
-bool cel_task_soft_limit_exceeded(const cel_task *t) { return t->soft_flag && *t->soft_flag; }
+bool cel_task_soft_limit_exceeded(const cel_task *t)
+{
+    if (!t->soft_flag || !*t->soft_flag)
+        return false;
+    ((cel_task *)t)->soft_seen = true; /* bookkeeping, not a change of outcome */
+    return true;
+}
 
 const json_t *cel_task_delivery_info(const cel_task *t)
 {
@@ -240,6 +247,11 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
             else
                 cel_task_raise(&t, "builtins", "RuntimeError",
                                "task %s returned %d without a result", m->task, rc);
+        }
+        if (soft_flag && *soft_flag && !t.soft_seen) {
+            /* In Python the exception would have been raised inside the task
+             * at the limit: whatever the task did after it does not count. */
+            cel_task_raise_args(&t, "billiard.exceptions", "SoftTimeLimitExceeded", json_array());
         }
         if (t.status == CEL_TASK_RETRY)
             check_max_retries(&t, def);

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,21 @@ static int send_report(int fd, const frame_hdr *h, const char *text, size_t len)
     return send_reports(fd, h, text, len, NULL);
 }
 
+/* The soft time limit, child side.  The parent queues SIGUSR1 with the job
+ * id (sigqueue), so a signal meant for a job that has just finished cannot
+ * flag the next one.  No SA_RESTART: a task sleeping or reading is woken
+ * (EINTR) to look at the flag, as Python's time.sleep is interrupted. */
+static volatile sig_atomic_t g_soft;
+static _Atomic uintptr_t g_job;
+
+static void on_soft_limit(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    (void)uc;
+    if (si->si_code == SI_QUEUE && (uintptr_t)si->si_value.sival_ptr == atomic_load(&g_job))
+        g_soft = 1;
+}
+
 typedef struct child_ctx {
     int fd;
     uint64_t job;
@@ -208,6 +224,9 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() == 1)
         _exit(0);
+    struct sigaction sa = {.sa_sigaction = on_soft_limit, .sa_flags = SA_SIGINFO};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
     size_t len;
     char *job = recv_job(qfd, &len, true);
     bool started_sent = false;
@@ -224,7 +243,10 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
         cel_outcome o = {0};
         cel_msg_status st = cel_message_parse_redis(job + 8, len - 8, &m, err, sizeof err);
         if (st == CEL_MSG_OK) {
-            cel_exec_run(env, &m, NULL, child_state_cb, &ctx, &o);
+            g_soft = 0;
+            atomic_store(&g_job, (uintptr_t)ctx.job);
+            cel_exec_run(env, &m, &g_soft, child_state_cb, &ctx, &o);
+            atomic_store(&g_job, (uintptr_t)0);
         } else {
             cel_crit("Can't decode message body: %s (type:%s encoding:%s); the message has "
                      "been discarded",
@@ -445,6 +467,33 @@ void cel_pool_flush(cel_pool *p)
         if (p->ev.on_unsent)
             p->ev.on_unsent(p->ud, p->stage[i].job);
     }
+}
+
+static child *running_child(cel_pool *p, uint64_t job)
+{
+    for (int i = 0; i < p->n; i++)
+        if (p->kids[i].pid > 0 && p->kids[i].running && p->kids[i].job == job)
+            return &p->kids[i];
+    return NULL;
+}
+
+int cel_pool_soft_timeout(cel_pool *p, uint64_t job)
+{
+    child *k = running_child(p, job);
+    if (!k)
+        return -1;
+    union sigval v = {.sival_ptr = (void *)(uintptr_t)job};
+    return sigqueue(k->pid, SIGUSR1, v);
+}
+
+int cel_pool_kill_job(cel_pool *p, uint64_t job)
+{
+    child *k = running_child(p, job);
+    if (!k)
+        return -1;
+    /* billiard sends TERM, then KILL; a C task has nothing to run on TERM
+     * that the kill would spoil, and the slot is refilled at the reap. */
+    return kill(k->pid, SIGKILL);
 }
 
 int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)

@@ -67,6 +67,14 @@ int cel_pool_submit(cel_pool *p, uint64_t job, const char *raw, size_t len,
  * queue cannot take come back through on_unsent. */
 void cel_pool_flush(cel_pool *p);
 
+/* Time limits (prefork only; -1 when `job` is not running in a process).
+ * Soft: the task's cel_task_soft_limit_exceeded() turns true and blocking
+ * calls in it are interrupted.  Hard: the process is killed; the death comes
+ * back through on_lost like any other, after the caller has already dealt
+ * with the job. */
+int cel_pool_soft_timeout(cel_pool *p, uint64_t job);
+int cel_pool_kill_job(cel_pool *p, uint64_t job);
+
 /* Takes back jobs still waiting in the queue (no process took them yet),
  * e.g. at a warm shutdown, so their messages can be restored.  Writes up to
  * `max` job ids to `jobs`; returns how many. */

@@ -54,6 +54,9 @@ typedef struct request {
     bool acks_late, track_started, ignore_result, reject_on_worker_lost;
     bool acked;
     double time_start;    /* monotonic */
+    double soft_limit, hard_limit; /* seconds from the start; 0 = none */
+    bool hard_is_int;     /* the limit came from the message as an integer */
+    bool soft_sent;
 } request;
 
 typedef struct worker {
@@ -369,6 +372,20 @@ static void receive(worker *w, cel_delivery *d)
         goto drop_reject;
     }
     const cel_task_options *o = &r->def->opts;
+    /* Celery: the message's limits, else the task's, else the worker's. */
+    r->hard_limit = m->time_limit > 0      ? m->time_limit
+                    : o->time_limit > 0    ? o->time_limit
+                                           : w->cfg->task_time_limit;
+    r->soft_limit = m->soft_time_limit > 0   ? m->soft_time_limit
+                    : o->soft_time_limit > 0 ? o->soft_time_limit
+                                             : w->cfg->task_soft_time_limit;
+    if (m->time_limit > 0) {
+        /* TimeLimitExceeded(limit) carries the number as the producer sent
+         * it (2 or 2.0); the worker's own settings are floats in Celery. */
+        json_t *h = cel_message_headers(m);
+        r->hard_is_int = json_is_integer(json_array_get(json_object_get(h, "timelimit"), 0));
+        json_decref(h);
+    }
     r->acks_late = cel_option_on(o->acks_late, w->cfg->task_acks_late);
     r->track_started = cel_option_on(o->track_started, w->cfg->task_track_started);
     r->reject_on_worker_lost = cel_option_on(o->reject_on_worker_lost,
@@ -400,6 +417,78 @@ drop:
     cel_message_clear(&r->msg);
     cel_delivery_free(&r->d);
     free(r);
+}
+
+/* ---- time limits ------------------------------------------------------ */
+
+/* The limit as the Python worker holds it: an int only when the message
+ * carried an int. */
+static json_t *limit_value(double v, bool is_int)
+{
+    return is_int && v == (double)(long long)v ? json_integer((json_int_t)v) : json_real(v);
+}
+
+/* Soft and hard limits of running tasks, as billiard's timeout handler does
+ * them (prefork only; the solo pool has none, as in Celery).  Returns the
+ * seconds until the next limit falls due (or a large number). */
+static double enforce_time_limits(worker *w)
+{
+    double now = cel_monotonic(), next = 3600;
+    if (w->cfg->pool == CEL_POOL_SOLO)
+        return next;
+    for (size_t i = 0; i < w->nreqs;) {
+        request *r = w->reqs[i];
+        if (r->state != REQ_RUNNING || (r->hard_limit <= 0 && r->soft_limit <= 0)) {
+            i++;
+            continue;
+        }
+        double ran = now - r->time_start;
+        if (r->hard_limit > 0 && ran >= r->hard_limit) {
+            json_t *lim = limit_value(r->hard_limit, r->hard_is_int);
+            char *ls = cel_pyrepr(lim);
+            cel_error("Hard time limit (%ss) exceeded for %s[%s]", ls ? ls : "?", r->msg.task,
+                      r->msg.id);
+            free(ls);
+            json_t *args = json_array();
+            json_array_append_new(args, lim);
+            json_t *exc = cel_exc_dict("billiard.exceptions", "TimeLimitExceeded", args);
+            if (!r->ignore_result)
+                store(w, &r->msg, "FAILURE", exc, NULL);
+            json_decref(exc);
+            cel_pool_kill_job(w->pool, r->job);
+            /* acks_late: Celery acks a timed-out task when
+             * acks_on_failure_or_timeout (the default), else rejects it
+             * without requeue; an early-ack task was acked at start. */
+            if (r->acks_late && !r->acked && r->msg.delivery_tag) {
+                if (w->cfg->task_acks_on_failure_or_timeout) {
+                    ack(w, r);
+                } else {
+                    w->tr->ops->reject(w->tr, r->msg.delivery_tag, false);
+                    w->acks_pending++;
+                    r->acked = true;
+                }
+            }
+            w->processed++;
+            drop_req(w, r);
+            continue;
+        }
+        if (r->soft_limit > 0 && !r->soft_sent && ran >= r->soft_limit) {
+            json_t *lim = limit_value(r->soft_limit, false);
+            char *ls = cel_pyrepr(lim);
+            cel_warn("Soft time limit (%ss) exceeded for %s[%s]", ls ? ls : "?", r->msg.task,
+                     r->msg.id);
+            free(ls);
+            json_decref(lim);
+            cel_pool_soft_timeout(w->pool, r->job);
+            r->soft_sent = true;
+        }
+        if (r->hard_limit > 0 && r->time_start + r->hard_limit - now < next)
+            next = r->time_start + r->hard_limit - now;
+        if (r->soft_limit > 0 && !r->soft_sent && r->time_start + r->soft_limit - now < next)
+            next = r->time_start + r->soft_limit - now;
+        i++;
+    }
+    return next;
 }
 
 /* ---- dispatch --------------------------------------------------------- */
@@ -687,6 +776,9 @@ int cel_worker_main(cel_config *cfg)
             }
         }
         double next_eta = dispatch(w);
+        double next_limit = enforce_time_limits(w);
+        if (next_limit < next_eta)
+            next_eta = next_limit;
         /* Results go out without waiting: the reply is read when it comes,
          * and the next fetch queues behind the store at the server. */
         if (w->be)

@@ -456,9 +456,6 @@ def test_concurrent_duplicates_run_once(enrich_worker, celery_app, db):
     check_effects(db, job_id, list_id, 10_000)
 
 
-@pytest.mark.xfail(reason="the worker does not enforce soft_time_limit yet: "
-                          "cel_task_soft_limit_exceeded() never turns true (pool passes no flag)",
-                   strict=False)
 def test_soft_time_limit_fails_cleanly(enrich_worker, celery_app, db):
     enrich_worker(env={"ENRICH_BATCH_SIZE": 500, "ENRICH_TEST_BATCH_SLEEP_MS": 200})
     list_id = seed_big(db, 10_000)

@@ -116,3 +116,54 @@ def test_unreachable_broker_exits_64():
     out = (p.stdout + p.stderr).decode()
     assert "Cannot connect to broker" in out
     assert "s3cr3t-pw" not in out
+
+
+# --------------------------------------------------------------------------
+# Time limits (billiard's soft/hard timeouts)
+
+
+def _failure_shape(r):
+    """What a client sees of a failed task: state, exception class and args."""
+    with pytest.raises(Exception) as info:
+        r.get(timeout=GET_TIMEOUT)
+    exc = info.value
+    return [r.state, type(exc).__name__, list(exc.args)]
+
+
+@pytest.mark.parametrize("where", ["message", "worker"])
+def test_soft_time_limit(start_worker, kind, celery_app, differential, where):
+    """A soft limit interrupts examples.sleep (Python's time.sleep is interrupted
+    by SoftTimeLimitExceeded): FAILURE with SoftTimeLimitExceeded(), and the
+    process lives on to run the next task."""
+    if where == "worker":
+        start_worker(kind, concurrency=1, args=["--soft-time-limit", "0.5"])
+        r = send(celery_app, "apply_async", "examples.sleep", [30])
+    else:
+        start_worker(kind, concurrency=1)
+        r = send(celery_app, "apply_async", "examples.sleep", [30], soft_time_limit=0.5)
+    t0 = time.monotonic()
+    shape = _failure_shape(r)
+    assert time.monotonic() - t0 < scaled(15), "the soft limit did not end the task"
+    assert shape == ["FAILURE", "SoftTimeLimitExceeded", []], shape
+    nxt = send(celery_app, "apply_async", "examples.add", [2, 3])
+    assert nxt.get(timeout=GET_TIMEOUT) == 5
+    differential.check(kind, "soft-time-limit-" + where, shape)
+
+
+@pytest.mark.parametrize("where", ["message", "worker"])
+def test_hard_time_limit(start_worker, kind, celery_app, differential, where):
+    """A hard limit kills the pool process: FAILURE with TimeLimitExceeded(limit);
+    the process is replaced and the next task succeeds."""
+    if where == "worker":
+        start_worker(kind, concurrency=1, args=["--time-limit", "1"])
+        r = send(celery_app, "apply_async", "examples.sleep", [30])
+    else:
+        start_worker(kind, concurrency=1)
+        r = send(celery_app, "apply_async", "examples.sleep", [30], time_limit=1)
+    t0 = time.monotonic()
+    shape = _failure_shape(r)
+    assert time.monotonic() - t0 < scaled(20), "the hard limit did not end the task"
+    assert shape == ["FAILURE", "TimeLimitExceeded", [1]], shape
+    nxt = send(celery_app, "apply_async", "examples.add", [4, 5])
+    assert nxt.get(timeout=GET_TIMEOUT) == 9
+    differential.check(kind, "hard-time-limit-" + where, shape)

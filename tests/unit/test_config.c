@@ -557,6 +557,21 @@ static void test_set_numbers(void **state)
     }
     assert_int_equal(c.concurrency, 12);
 
+    /* Time limits: seconds, None/0 for none; defaults none. */
+    assert_true(c.task_time_limit == 0 && c.task_soft_time_limit == 0);
+    assert_true(c.task_acks_on_failure_or_timeout);
+    assert_int_equal(cel_config_set(&c, "CELERY_TASK_TIME_LIMIT", "30", err, sizeof err), 0);
+    assert_int_equal(cel_config_set(&c, "task_soft_time_limit", "2.5", err, sizeof err), 0);
+    assert_true(c.task_time_limit == 30 && c.task_soft_time_limit == 2.5);
+    assert_int_equal(cel_config_set(&c, "task_time_limit", "None", err, sizeof err), 0);
+    assert_true(c.task_time_limit == 0);
+    assert_int_equal(cel_config_set(&c, "task_soft_time_limit", "soon", err, sizeof err), -1);
+    assert_non_null(strstr(err, "task_soft_time_limit: expected a number of seconds"));
+    assert_int_equal(cel_config_set(&c, "CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT", "false", err,
+                                    sizeof err),
+                     0);
+    assert_false(c.task_acks_on_failure_or_timeout);
+
     assert_int_equal(cel_config_set(&c, "result_expires", "60.5", err, sizeof err), 0);
     assert_true(c.result_expires == 60.5);
     assert_int_equal(cel_config_set(&c, "CELERY_RESULT_EXPIRES", "None", err, sizeof err), 0);
