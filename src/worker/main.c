@@ -1,13 +1,15 @@
 /* main.c — the `celeriac` command: `celeriac worker ...` (as `celery
- * worker`) and `celeriac call ...` (as `celery call`). */
+ * worker`), `celeriac call ...` (as `celery call`), `celeriac score ...`
+ * (the name scorer) and `celeriac db ...` (runs celeriac-db). */
 #include "core/config.h"
 #include "core/log.h"
 #include "worker/worker.h"
 #include "score/cli.h"
-#include "db/db.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *f)
 {
@@ -18,6 +20,25 @@ static void usage(FILE *f)
           "       celeriac db migrate [--database-url URL]  apply the PostgreSQL schema\n"
           "       celeriac --version\n",
           f);
+}
+
+/* `celeriac db ...` runs celeriac-db from beside this binary (or PATH):
+ * libpq stays out of the worker (src/db/main.c says why). */
+static int exec_db(char **argv)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 16);
+    if (n > 0) {
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash) {
+            strcpy(slash + 1, "celeriac-db");
+            execv(self, argv);
+        }
+    }
+    execvp("celeriac-db", argv);
+    fprintf(stderr, "celeriac: error: cannot run celeriac-db: %s\n", strerror(errno));
+    return CEL_EX_USAGE;
 }
 
 int main(int argc, char **argv)
@@ -39,7 +60,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "score"))
         return cel_score_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "db"))
-        return cel_db_main(argc - 1, argv + 1);
+        return exec_db(argv + 1);
     if (strcmp(argv[1], "worker") != 0) {
         fprintf(stderr, "celeriac: error: unknown command: %s\n", argv[1]);
         usage(stderr);
