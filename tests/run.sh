@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The test command: packages, build, C unit tests, Python interop suite, then the
+# The test command: packages, build, C unit tests, a short fuzz run of the name
+# scorer, the Python interop suite (with PostgreSQL for enrich_list), then the
 # same again with AddressSanitizer + UBSan.  Exits non-zero if anything failed.
 #
 #   bash tests/run.sh              everything
 #   SKIP_ASAN=1 bash tests/run.sh  without the sanitizer pass
 #   PYTEST_ARGS="-k crash" bash tests/run.sh   extra pytest arguments
 #   INTEROP_BROKERS="redis" bash tests/run.sh   only some broker settings
+#   FUZZ_SECONDS=10 bash tests/run.sh  a shorter scorer fuzz run (default 45)
 #
 # The interop suite runs once per broker setting (tests/interop/conftest.py):
 # redis (Redis broker and results), amqp (RabbitMQ, rpc:// results) and
@@ -81,6 +83,9 @@ fi
 if run_step "build" build "$LOGS/build.log" build_tree build; then
     run_step "meson test" meson "$LOGS/meson-test.log" \
         meson test -C build --print-errorlogs
+    # A short libFuzzer run of the name scorer (clang, ASan+UBSan).
+    run_step "fuzz scorer" build "$LOGS/fuzz-score.log" \
+        bash tests/fuzz/run.sh "${FUZZ_SECONDS:-45}"
     for b in $BROKERS; do
         run_step "interop $b" pytest "$LOGS/interop-$b.log" \
             interop build "$LOGS/interop-build-$b" INTEROP_BROKER="$b"
