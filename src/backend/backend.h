@@ -25,6 +25,7 @@ typedef struct cel_result_rec {
     const char *group_id;    /* NULL: key omitted */
     const char *parent_id;   /* NULL: key omitted */
     const char *reply_to;    /* rpc:// routing (unused by Redis) */
+    json_t *children;        /* AsyncResult tuples of what the task sent; NULL = [] */
     /* result_extended fields */
     const char *name;
     json_t *args, *kwargs;

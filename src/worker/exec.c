@@ -7,6 +7,7 @@
  * find the failing task.
  */
 #include "worker/exec.h"
+#include "worker/canvas.h"
 #include "backend/backend.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -45,10 +46,11 @@ json_t *cel_exc_dict(const char *module, const char *type, json_t *args)
                      args ? args : json_array(), "exc_module", module);
 }
 
-char *cel_exec_record(const cel_exec_env *env, const cel_message *m, const char *status,
-                      json_t *result, const char *traceback, size_t *len)
+static char *exec_record(const cel_exec_env *env, const cel_message *m, const char *status,
+                         json_t *result, const char *traceback, json_t *children, size_t *len)
 {
     cel_result_rec rec = {
+        .children = children,
         .task_id = m->id,
         .status = status,
         .result = result,
@@ -67,6 +69,63 @@ char *cel_exec_record(const cel_exec_env *env, const cel_message *m, const char 
     char *text = meta ? cel_json_dumps_py(meta, len) : NULL;
     json_decref(meta);
     return text;
+}
+
+char *cel_exec_record(const cel_exec_env *env, const cel_message *m, const char *status,
+                      json_t *result, const char *traceback, size_t *len)
+{
+    return exec_record(env, m, status, result, traceback, NULL, len);
+}
+
+/* Celery's mark_as_failure marks every task left in the chain failed with
+ * the same exception, so the chain's last result (what the client waits
+ * on) is not left PENDING forever. */
+static void fail_chain(const cel_exec_env *env, const cel_message *m, json_t *exc,
+                       const char *tb, cel_task *t)
+{
+    const json_t *chain = json_is_object(m->embed) ? json_object_get(m->embed, "chain") : NULL;
+    size_t i;
+    const json_t *sig;
+    json_array_foreach(chain, i, sig) {
+        const json_t *o = json_object_get(sig, "options");
+        const char *id = json_string_value(json_object_get(o, "task_id"));
+        if (!id || !t->state_cb)
+            continue;
+        const char *reply_to = json_string_value(json_object_get(o, "reply_to"));
+        cel_result_rec rec = {.task_id = id, .status = "FAILURE", .result = exc,
+                              .traceback = tb,
+                              .group_id = json_string_value(json_object_get(o, "group_id")),
+                              .reply_to = reply_to};
+        json_t *meta = cel_result_meta(&rec, false, env->for_rpc);
+        size_t ml = 0;
+        char *text = meta ? cel_json_dumps_py(meta, &ml) : NULL;
+        json_decref(meta);
+        char *note = NULL;
+        int nl = text ? asprintf(&note, "%s\n%s\n%s", id, reply_to ? reply_to : "", text) : -1;
+        if (nl > 0)
+            t->state_cb(t->state_ud, CEL_NOTE_STORE, note, (size_t)nl);
+        free(note);
+        free(text);
+    }
+}
+
+/* Canvas messages go to the owner of the broker as PUBLISH notes. */
+static void canvas_send(void *ud, const char *queue, int priority, const char *env, size_t len)
+{
+    cel_task *t = ud;
+    char head[320];
+    int hl = snprintf(head, sizeof head, "%s\n%d\n", queue, priority);
+    char *buf = hl > 0 && (size_t)hl < sizeof head ? malloc((size_t)hl + len) : NULL;
+    if (!buf || !t->state_cb) {
+        cel_error("Task %s[%s]: a callback message could not be handed on", t->m->task,
+                  t->m->id);
+        free(buf);
+        return;
+    }
+    memcpy(buf, head, (size_t)hl);
+    memcpy(buf + hl, env, len);
+    t->state_cb(t->state_ud, CEL_NOTE_PUBLISH, buf, (size_t)hl + len);
+    free(buf);
 }
 
 /* "ValueError('kaboom')", as Python's repr of the exception. */
@@ -167,7 +226,7 @@ int cel_task_update_state(cel_task *t, const char *state, json_t *meta)
     json_decref(meta);
     if (!text)
         return -1;
-    t->state_cb(t->state_ud, text, len);
+    t->state_cb(t->state_ud, CEL_NOTE_STATE, text, len);
     free(text);
     return 0;
 }
@@ -273,8 +332,12 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
             free(rts);
             free(r);
         }
+        /* Callbacks and the chain go out before SUCCESS is stored, and the
+         * record lists them as children (Celery's tracer). */
+        json_t *children = cel_canvas_on_success(m, t.result, canvas_send, &t);
         if (store)
-            out->meta = cel_exec_record(env, m, "SUCCESS", t.result, NULL, &out->meta_len);
+            out->meta = exec_record(env, m, "SUCCESS", t.result, NULL, children, &out->meta_len);
+        json_decref(children);
     } else if (t.status == CEL_TASK_RETRY) {
         out->status = CEL_OUT_RETRY;
         out->countdown = t.countdown;
@@ -293,6 +356,9 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
                   tb ? tb : "");
         free(rep);
         json_t *exc = cel_exc_dict(t.exc_module, t.exc_type, json_incref(t.exc_args));
+        if (store)
+            fail_chain(env, m, exc, tb, &t);
+        cel_canvas_on_failure(m, canvas_send, &t);
         /* Celery's store_errors_even_if_ignored defaults to False. */
         if (store)
             out->meta = cel_exec_record(env, m, "FAILURE", exc, tb, &out->meta_len);

@@ -44,8 +44,13 @@ typedef struct cel_outcome {
 
 void cel_outcome_clear(cel_outcome *o);
 
-/* Called when a task stores a custom state; `meta` is the record text. */
-typedef void (*cel_state_cb)(void *ud, const char *meta, size_t len);
+/* What a running task hands the process that owns the broker and backend. */
+enum { CEL_NOTE_STATE = 0, CEL_NOTE_PUBLISH = 1, CEL_NOTE_STORE = 2 };
+/* STATE: the task stored a custom state; `text` is the record.  PUBLISH: a
+ * message to send before the outcome is stored (callbacks, chains,
+ * errbacks); `text` is "<queue>\n<priority>\n<envelope>".  STORE: a record
+ * for another task (the rest of a failed chain): "<task_id>\n<reply_to>\n<record>". */
+typedef void (*cel_state_cb)(void *ud, int kind, const char *text, size_t len);
 
 /* Runs the task of parsed message `m` (stages up to the body done).  Fills
  * `out`.  `soft_flag` (may be NULL) is set asynchronously when the soft time

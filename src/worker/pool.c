@@ -38,7 +38,7 @@
 
 /* Report frames, child -> parent: a 4-byte length (host order), then this
  * header, then `len - sizeof(frame_hdr)` bytes of record text. */
-enum { FRAME_STARTED = 1, FRAME_DONE = 2, FRAME_STATE = 3 };
+enum { FRAME_STARTED = 1, FRAME_DONE = 2, FRAME_STATE = 3, FRAME_PUBLISH = 4, FRAME_STORE = 5 };
 
 typedef struct frame_hdr {
     uint8_t kind;
@@ -154,10 +154,13 @@ typedef struct child_ctx {
     uint64_t job;
 } child_ctx;
 
-static void child_state_cb(void *ud, const char *meta, size_t len)
+static void child_state_cb(void *ud, int kind, const char *meta, size_t len)
 {
     child_ctx *c = ud;
-    frame_hdr h = {.kind = FRAME_STATE, .job = c->job};
+    frame_hdr h = {.kind = kind == CEL_NOTE_PUBLISH ? FRAME_PUBLISH
+                           : kind == CEL_NOTE_STORE ? FRAME_STORE
+                                                    : FRAME_STATE,
+                   .job = c->job};
     send_report(c->fd, &h, meta, len);
 }
 
@@ -372,10 +375,18 @@ int cel_pool_idle(const cel_pool *p)
 
 int cel_pool_busy(const cel_pool *p) { return p->n ? running_count(p) + p->queued : 0; }
 
-static void solo_state_cb(void *ud, const char *meta, size_t len)
+static void solo_state_cb(void *ud, int kind, const char *meta, size_t len)
 {
     cel_pool *p = ud;
-    p->ev.on_state(p->ud, p->solo_job, meta, len);
+    if (kind == CEL_NOTE_PUBLISH) {
+        if (p->ev.on_publish)
+            p->ev.on_publish(p->ud, p->solo_job, meta, len);
+    } else if (kind == CEL_NOTE_STORE) {
+        if (p->ev.on_store)
+            p->ev.on_store(p->ud, p->solo_job, meta, len);
+    } else {
+        p->ev.on_state(p->ud, p->solo_job, meta, len);
+    }
 }
 
 /* Sends a job too large for a datagram as a memfd. */
@@ -580,6 +591,14 @@ static void handle_frame(cel_pool *p, child *k, const char *data, size_t len)
         break;
     case FRAME_STATE:
         p->ev.on_state(p->ud, h.job, text, tlen);
+        break;
+    case FRAME_PUBLISH:
+        if (p->ev.on_publish)
+            p->ev.on_publish(p->ud, h.job, text, tlen);
+        break;
+    case FRAME_STORE:
+        if (p->ev.on_store)
+            p->ev.on_store(p->ud, h.job, text, tlen);
         break;
     default:
         cel_error("Pool process %d sent an unknown frame", (int)k->pid);

@@ -37,6 +37,11 @@ typedef struct cel_pool_events {
     void (*on_outcome)(void *ud, uint64_t job, cel_outcome *o);
     /* The task stored a custom state; `meta` is the record text. */
     void (*on_state)(void *ud, uint64_t job, const char *meta, size_t len);
+    /* The task has a message to send before its outcome is stored:
+     * "<queue>\n<priority>\n<envelope>" (callbacks, chains, errbacks). */
+    void (*on_publish)(void *ud, uint64_t job, const char *text, size_t len);
+    /* A record to store for another task id: "<task_id>\n<reply_to>\n<record>". */
+    void (*on_store)(void *ud, uint64_t job, const char *text, size_t len);
     /* The child running `job` died with wait status `status`. */
     void (*on_lost)(void *ud, uint64_t job, int status);
     /* A process (pid) took the job and is starting it. */

@@ -220,6 +220,53 @@ static void finish(worker *w, request *r, cel_outcome *o)
 
 /* ---- pool callbacks --------------------------------------------------- */
 
+/* A callback, chain step or errback from a running task: published now, so
+ * it is out before the task's outcome is stored. */
+static void pool_on_publish(void *ud, uint64_t job, const char *text, size_t len)
+{
+    worker *w = ud;
+    const char *nl1 = memchr(text, '\n', len);
+    const char *nl2 = nl1 ? memchr(nl1 + 1, '\n', len - (size_t)(nl1 + 1 - text)) : NULL;
+    request *r = find_req(w, job, NULL);
+    if (!nl2 || nl1 == text) {
+        cel_error("Pool process sent a malformed message to publish (task %s)",
+                  r ? r->msg.id : "?");
+        return;
+    }
+    char queue[256];
+    size_t ql = (size_t)(nl1 - text) < sizeof queue - 1 ? (size_t)(nl1 - text) : sizeof queue - 1;
+    memcpy(queue, text, ql);
+    queue[ql] = 0;
+    int prio = atoi(nl1 + 1);
+    const char *env = nl2 + 1;
+    size_t envlen = len - (size_t)(env - text);
+    if (w->tr->ops->publish(w->tr, queue, prio, env, envlen) < 0)
+        cel_error("Task %s[%s]: a callback could not be published to %s", r ? r->msg.task : "?",
+                  r ? r->msg.id : "?", queue);
+}
+
+/* The rest of a failed chain is marked failed too (Celery's
+ * mark_as_failure): records for other task ids. */
+static void pool_on_store(void *ud, uint64_t job, const char *text, size_t len)
+{
+    worker *w = ud;
+    const char *nl1 = memchr(text, '\n', len);
+    const char *nl2 = nl1 ? memchr(nl1 + 1, '\n', len - (size_t)(nl1 + 1 - text)) : NULL;
+    if (!nl2 || nl1 == text || !w->be)
+        return;
+    char id[256], reply_to[256];
+    size_t il = (size_t)(nl1 - text), rl = (size_t)(nl2 - nl1 - 1);
+    if (il >= sizeof id || rl >= sizeof reply_to)
+        return;
+    memcpy(id, text, il);
+    id[il] = 0;
+    memcpy(reply_to, nl1 + 1, rl);
+    reply_to[rl] = 0;
+    const char *meta = nl2 + 1;
+    cel_backend_store_raw(w->be, id, rl ? reply_to : NULL, meta, len - (size_t)(meta - text));
+    w->stores_pending++;
+}
+
 static void pool_on_unsent(void *ud, uint64_t job)
 {
     worker *w = ud;
@@ -703,8 +750,10 @@ int cel_worker_main(cel_config *cfg)
                             .store_results = w->be != NULL, .extended = cfg->result_extended,
                             .for_rpc = w->be && w->be->for_rpc,
                             .ignore_result = cfg->task_ignore_result};
-    cel_pool_events ev = {pool_on_outcome, pool_on_state, pool_on_lost, pool_on_started,
-                          pool_on_unsent};
+    cel_pool_events ev = {.on_outcome = pool_on_outcome, .on_state = pool_on_state,
+                          .on_publish = pool_on_publish, .on_store = pool_on_store,
+                          .on_lost = pool_on_lost,
+                          .on_started = pool_on_started, .on_unsent = pool_on_unsent};
     int procs = cfg->pool == CEL_POOL_SOLO ? 0 : cfg->concurrency;
     w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
     if (!w->pool) {
