@@ -6,6 +6,7 @@ so that one producer can be pointed at either a ``celery worker`` or a
 
     examples.add(x, y)           x + y (ints, floats, mixed, strings, lists; else TypeError)
     examples.echo(*args, **kw)   {"args": args, "kwargs": kw}
+    examples.limited(*args, **kw)  echo, rate_limit "10/s"
     examples.sleep(seconds)      sleeps, returns seconds
     examples.fail(message)       raises ValueError(message)
     examples.crash()             kills its own pool process with SIGSEGV
@@ -89,6 +90,11 @@ def add(x, y):
 
 @app.task(name="examples.echo")
 def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="examples.limited", rate_limit="10/s")
+def limited(*args, **kwargs):
     return {"args": list(args), "kwargs": kwargs}
 
 

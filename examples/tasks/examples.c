@@ -136,6 +136,13 @@ static int echo(cel_task *t, const json_t *args, const json_t *kwargs)
     return cel_task_return(t, json_pack("{s:O, s:O}", "args", args, "kwargs", kwargs));
 }
 
+/* examples.limited(*args, **kwargs): echo, at most 10 starts a second
+ * (rate_limit "10/s"). */
+static int limited(cel_task *t, const json_t *args, const json_t *kwargs)
+{
+    return echo(t, args, kwargs);
+}
+
 /* examples.sleep(seconds) -> seconds.  Sleeps in short steps so a soft time
  * limit interrupts it, as it interrupts Python's time.sleep. */
 static int sleep_task(cel_task *t, const json_t *args, const json_t *kwargs)
@@ -197,6 +204,8 @@ int celeriac_module_init(cel_registry *reg)
     int rc = 0;
     rc |= cel_register(reg, "examples.add", add, NULL);
     rc |= cel_register(reg, "examples.echo", echo, NULL);
+    rc |= cel_register(reg, "examples.limited", limited,
+                       &(cel_task_options){.rate_limit = "10/s"});
     rc |= cel_register(reg, "examples.sleep", sleep_task, NULL);
     rc |= cel_register(reg, "examples.fail", fail, NULL);
     rc |= cel_register(reg, "examples.crash", crash, NULL);

@@ -77,6 +77,11 @@ typedef struct cel_task_options {
      * true; see there. */
     double time_limit;
     double soft_time_limit;
+    /* Celery's rate_limit: "100/s", "10/m", "1/h" or "5" (per second);
+     * NULL = none.  Copied at registration; a malformed rate fails it.  As
+     * in Celery, a token bucket of capacity 1 per task name spaces the
+     * starts 1/rate apart; held messages stay reserved (unacked). */
+    const char *rate_limit;
 } cel_task_options;
 
 /* Registers `fn` under the Celery name `name` (copied).  `opts` may be NULL.

@@ -21,7 +21,7 @@ json_t *cel_result_meta(const cel_result_rec *r, bool extended, bool for_rpc)
     json_object_set_new(m, "status", json_string(r->status));
     json_object_set(m, "result", r->result ? r->result : json_null());
     json_object_set_new(m, "traceback", str_or_null(r->traceback));
-    json_object_set(m, "children", r->children ? r->children : json_array());
+    json_object_set_new(m, "children", r->children ? json_incref(r->children) : json_array());
     if (!for_rpc) {
         if (cel_state_is_ready(r->status)) {
             char buf[40];

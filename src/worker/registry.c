@@ -5,6 +5,7 @@
  * `inspect registered` reports anyway.
  */
 #include "worker/registry.h"
+#include "core/log.h"
 
 #include <dlfcn.h>
 #include <stdio.h>
@@ -24,8 +25,10 @@ void cel_registry_free(cel_registry *reg)
 {
     if (!reg)
         return;
-    for (size_t i = 0; i < reg->n; i++)
+    for (size_t i = 0; i < reg->n; i++) {
         free(reg->defs[i].name);
+        free((char *)reg->defs[i].opts.rate_limit);
+    }
     free(reg->defs);
     /* Modules stay mapped: a child may still be unwinding through their
      * code at exit, and dlclose buys nothing at process end. */
@@ -36,6 +39,32 @@ void cel_registry_free(cel_registry *reg)
 static int cmp_def(const void *a, const void *b)
 {
     return strcmp(((const cel_task_def *)a)->name, ((const cel_task_def *)b)->name);
+}
+
+int cel_parse_rate(const char *s, double *per_s)
+{
+    /* celery.utils.time.rate: "<n>[/<s|m|h>]". */
+    char *end;
+    double n = strtod(s, &end);
+    if (end == s || n < 0 || n != n)
+        return -1;
+    double div = 1;
+    if (*end == '/') {
+        end++;
+        if (*end == 's')
+            div = 1;
+        else if (*end == 'm')
+            div = 60;
+        else if (*end == 'h')
+            div = 3600;
+        else
+            return -1;
+        end++;
+    }
+    if (*end)
+        return -1;
+    *per_s = n / div;
+    return 0;
 }
 
 int cel_register(cel_registry *reg, const char *name, cel_task_fn fn,
@@ -53,12 +82,23 @@ int cel_register(cel_registry *reg, const char *name, cel_task_fn fn,
         reg->defs = d;
         reg->cap = cap;
     }
+    double rate = 0;
+    if (opts && opts->rate_limit && cel_parse_rate(opts->rate_limit, &rate) < 0) {
+        cel_error("Task %s: rate_limit '%s' is not a rate (\"100/s\", \"10/m\", \"1/h\")", name,
+                  opts->rate_limit);
+        return -1;
+    }
     cel_task_def *def = &reg->defs[reg->n];
     def->name = strdup(name);
     if (!def->name)
         return -1;
     def->fn = fn;
     def->opts = opts ? *opts : (cel_task_options){0};
+    def->rate = rate;
+    if (def->opts.rate_limit && !(def->opts.rate_limit = strdup(def->opts.rate_limit))) {
+        free(def->name);
+        return -1;
+    }
     reg->n++;
     qsort(reg->defs, reg->n, sizeof *reg->defs, cmp_def);
     return 0;

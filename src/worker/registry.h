@@ -16,8 +16,13 @@
 typedef struct cel_task_def {
     char *name;           /* owned */
     cel_task_fn fn;
-    cel_task_options opts;
+    cel_task_options opts; /* opts.rate_limit owned (a copy) */
+    double rate;           /* opts.rate_limit in tasks per second; 0 = none */
 } cel_task_def;
+
+/* Celery's rate string ("100/s", "10/m", "1/h", "5") in tasks per second;
+ * returns -1 when malformed. */
+int cel_parse_rate(const char *s, double *per_s);
 
 /* A task's option resolved against the worker's setting. */
 static inline bool cel_option_on(cel_option opt, bool worker_default)

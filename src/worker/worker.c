@@ -59,8 +59,17 @@ typedef struct request {
     bool soft_sent;
 } request;
 
+/* A task name's rate limit: kombu's TokenBucket with capacity 1, as
+ * Celery's consumer keeps one per task type. */
+typedef struct bucket {
+    const cel_task_def *def;
+    double tokens, last; /* last: monotonic time of the last refill */
+} bucket;
+
 typedef struct worker {
     cel_config *cfg;
+    bucket *buckets;
+    size_t nbuckets, capbuckets;
     cel_registry *reg;
     cel_transport *tr;
     cel_backend *be;
@@ -213,6 +222,14 @@ static void finish(worker *w, request *r, cel_outcome *o)
     if (o->meta && w->be) {
         cel_backend_store_raw(w->be, r->msg.id, r->msg.reply_to, o->meta, o->meta_len);
         w->stores_pending++;
+    }
+    if (o->status == CEL_OUT_FAILURE && r->acks_late && !r->acked && r->msg.delivery_tag &&
+        !w->cfg->task_acks_on_failure_or_timeout) {
+        /* Celery: acks_late without acks_on_failure_or_timeout rejects a
+         * failed task without requeue (on AMQP: dead-lettered, if set up). */
+        w->tr->ops->reject(w->tr, r->msg.delivery_tag, false);
+        w->acks_pending++;
+        r->acked = true;
     }
     ack(w, r); /* acks_late: after the outcome; otherwise already acked */
     drop_req(w, r);
@@ -538,6 +555,33 @@ static double enforce_time_limits(worker *w)
     return next;
 }
 
+/* Takes a token from def's bucket: 0 when one was there, else the seconds
+ * until one will be (the request waits, reserved, as Celery's timer holds
+ * it). */
+static double rate_take(worker *w, const cel_task_def *def)
+{
+    bucket *b = NULL;
+    for (size_t i = 0; i < w->nbuckets; i++)
+        if (w->buckets[i].def == def)
+            b = &w->buckets[i];
+    double now = cel_monotonic();
+    if (!b) {
+        if (cel_grow(&w->buckets, &w->capbuckets, w->nbuckets, sizeof *w->buckets, 8) < 0)
+            return 0; /* no memory for a bucket: run unlimited rather than stall */
+        b = &w->buckets[w->nbuckets++];
+        *b = (bucket){.def = def, .tokens = 1, .last = now};
+    }
+    b->tokens += def->rate * (now - b->last);
+    if (b->tokens > 1)
+        b->tokens = 1;
+    b->last = now;
+    if (b->tokens >= 1) {
+        b->tokens -= 1;
+        return 0;
+    }
+    return (1 - b->tokens) / def->rate;
+}
+
 /* ---- dispatch --------------------------------------------------------- */
 
 /* Hands due requests to idle processes, oldest first; returns seconds until
@@ -573,6 +617,15 @@ static double dispatch(worker *w)
         if (cel_pool_idle(w->pool) <= 0 || w->stop != RUNNING) {
             i++; /* shutting down: reserved requests are restored, not started */
             continue;
+        }
+        if (r->def && r->def->rate > 0 && !w->cfg->worker_disable_rate_limits) {
+            double wait = rate_take(w, r->def);
+            if (wait > 0) {
+                if (wait < next)
+                    next = wait;
+                i++;
+                continue;
+            }
         }
         size_t before = w->nreqs;
         r->state = REQ_SUBMITTED;
@@ -952,6 +1005,7 @@ out:
     while (w->nreqs)
         drop_req(w, w->reqs[0]);
     free(w->reqs);
+    free(w->buckets);
     cel_backend_close(w->be);
     if (w->tr)
         w->tr->ops->close(w->tr);

@@ -167,3 +167,25 @@ def test_hard_time_limit(start_worker, kind, celery_app, differential, where):
     nxt = send(celery_app, "apply_async", "examples.add", [4, 5])
     assert nxt.get(timeout=GET_TIMEOUT) == 9
     differential.check(kind, "hard-time-limit-" + where, shape)
+
+
+# --------------------------------------------------------------------------
+# Rate limits
+
+
+def test_rate_limit_burst(start_worker, kind, celery_app, differential):
+    """A burst of 30 examples.limited (rate_limit "10/s", Celery's token bucket
+    of capacity 1): all succeed, starts spaced ~0.1 s apart, so the burst
+    takes about 3 s on either worker; an unlimited task sent after them
+    still runs."""
+    start_worker(kind, concurrency=2)
+    t0 = time.monotonic()
+    rs = [send(celery_app, "apply_async", "examples.limited", [i]) for i in range(30)]
+    free = send(celery_app, "apply_async", "examples.add", [1, 1])
+    assert free.get(timeout=GET_TIMEOUT) == 2
+    values = [r.get(timeout=scaled(30)) for r in rs]
+    took = time.monotonic() - t0
+    assert [v["args"] for v in values] == [[i] for i in range(30)]
+    assert took >= 2.5, "30 tasks at 10/s finished in %.2fs" % took
+    assert took < scaled(15), "rate limit held tasks too long: %.2fs" % took
+    differential.check(kind, "rate-limit-burst", values)

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "core/config.h"
+#include "worker/registry.h"
 #include "core/log.h"
 
 extern char **environ;
@@ -571,6 +572,20 @@ static void test_set_numbers(void **state)
                                     sizeof err),
                      0);
     assert_false(c.task_acks_on_failure_or_timeout);
+
+    /* Celery's rate strings (celery.utils.time.rate). */
+    double rate = -1;
+    assert_int_equal(cel_parse_rate("100/s", &rate), 0);
+    assert_true(rate == 100);
+    assert_int_equal(cel_parse_rate("30/m", &rate), 0);
+    assert_true(rate == 0.5);
+    assert_int_equal(cel_parse_rate("36/h", &rate), 0);
+    assert_true(rate == 0.01);
+    assert_int_equal(cel_parse_rate("5", &rate), 0);
+    assert_true(rate == 5);
+    const char *bad_rates[] = {"", "/s", "10/d", "10/", "ten/s", "-1/s", "10/ss"};
+    for (size_t i = 0; i < sizeof bad_rates / sizeof bad_rates[0]; i++)
+        assert_int_equal(cel_parse_rate(bad_rates[i], &rate), -1);
 
     assert_int_equal(cel_config_set(&c, "result_expires", "60.5", err, sizeof err), 0);
     assert_true(c.result_expires == 60.5);
