@@ -7,6 +7,7 @@ so that one producer can be pointed at either a ``celery worker`` or a
     examples.add(x, y)           x + y (ints, floats, mixed, strings, lists; else TypeError)
     examples.echo(*args, **kw)   {"args": args, "kwargs": kw}
     examples.limited(*args, **kw)  echo, rate_limit "10/s"
+    examples.flaky(n, countdown=0.5)  retries n times (default max_retries 3), returns retries
     examples.sleep(seconds)      sleeps, returns seconds
     examples.fail(message)       raises ValueError(message)
     examples.crash()             kills its own pool process with SIGSEGV
@@ -96,6 +97,13 @@ def echo(*args, **kwargs):
 @app.task(name="examples.limited", rate_limit="10/s")
 def limited(*args, **kwargs):
     return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="examples.flaky", bind=True)
+def flaky(self, fail_times, countdown=0.5):
+    if self.request.retries < fail_times:
+        raise self.retry(countdown=countdown)
+    return self.request.retries
 
 
 @app.task(name="examples.sleep")

@@ -172,6 +172,26 @@ static int sleep_task(cel_task *t, const json_t *args, const json_t *kwargs)
     return cel_task_return(t, json_deep_copy(s));
 }
 
+/* examples.flaky(fail_times, countdown=0.5): asks for a retry until it has
+ * been retried fail_times times, then returns its retry count (Celery's
+ * default max_retries of 3 applies). */
+static int flaky(cel_task *t, const json_t *args, const json_t *kwargs)
+{
+    static const char *const params[] = {"fail_times", "countdown"};
+    const json_t *v[2] = {NULL, NULL};
+    /* countdown is optional: bind it only when given. */
+    size_t n = json_array_size(args) >= 2 || json_object_get(kwargs, "countdown") ? 2 : 1;
+    int rc = bind(t, "flaky", params, n, args, kwargs, v);
+    if (rc)
+        return rc;
+    if (!json_is_integer(v[0]))
+        return cel_task_raise(t, "builtins", "TypeError", "fail_times must be an int");
+    double countdown = v[1] && json_is_number(v[1]) ? json_number_value(v[1]) : 0.5;
+    if (cel_task_retries(t) < json_integer_value(v[0]))
+        return cel_task_retry(t, countdown);
+    return cel_task_return(t, json_integer(cel_task_retries(t)));
+}
+
 /* examples.fail(message) raises ValueError(message). */
 static int fail(cel_task *t, const json_t *args, const json_t *kwargs)
 {
@@ -208,6 +228,7 @@ int celeriac_module_init(cel_registry *reg)
                        &(cel_task_options){.rate_limit = "10/s"});
     rc |= cel_register(reg, "examples.sleep", sleep_task, NULL);
     rc |= cel_register(reg, "examples.fail", fail, NULL);
+    rc |= cel_register(reg, "examples.flaky", flaky, NULL);
     rc |= cel_register(reg, "examples.crash", crash, NULL);
     return rc;
 }

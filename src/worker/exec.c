@@ -344,10 +344,17 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
         char msg[64];
         snprintf(msg, sizeof msg, "Retry in %gs", t.countdown);
         cel_info("Task %s[%s] retry: %s", m->task, m->id, msg);
-        json_t *exc = cel_exc_dict("celery.exceptions", "Retry", json_pack("[s]", msg));
+        /* What Celery's tracer stores for retry() without exc: result None
+         * (the exc given to retry), the traceback of the Retry raised, and
+         * the re-sent message (same task id) as the child. */
+        json_t *rargs = json_pack("[s]", msg);
+        char *tb = make_traceback(m->task, "celery.exceptions", "Retry", rargs);
+        json_decref(rargs);
+        json_t *children = json_pack("[[[s, n], n]]", m->id);
         if (store)
-            out->meta = cel_exec_record(env, m, "RETRY", exc, NULL, &out->meta_len);
-        json_decref(exc);
+            out->meta = exec_record(env, m, "RETRY", NULL, tb, children, &out->meta_len);
+        json_decref(children);
+        free(tb);
     } else {
         out->status = CEL_OUT_FAILURE;
         char *tb = make_traceback(m->task, t.exc_module, t.exc_type, t.exc_args);

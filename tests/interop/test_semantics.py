@@ -189,3 +189,49 @@ def test_rate_limit_burst(start_worker, kind, celery_app, differential):
     assert took >= 2.5, "30 tasks at 10/s finished in %.2fs" % took
     assert took < scaled(15), "rate limit held tasks too long: %.2fs" % took
     differential.check(kind, "rate-limit-burst", values)
+
+
+# --------------------------------------------------------------------------
+# Retries (Task.retry with Celery's defaults: max_retries 3)
+
+
+def _normalise_ids(value, *ids):
+    """ids -> <idN>; a traceback -> its last line (file paths differ: Python's
+    frames against celeriac's one synthesized frame)."""
+    if isinstance(value, dict) and isinstance(value.get("traceback"), str):
+        value = dict(value, traceback=value["traceback"].strip().splitlines()[-1])
+    text = json.dumps(value)
+    for i, task_id in enumerate(ids):
+        text = text.replace(task_id, "<id%d>" % i)
+    return json.loads(text)
+
+
+@pytest.mark.redis_backend
+def test_retry_then_success(start_worker, kind, celery_app, redis_server, differential):
+    """retry(countdown=0.5) twice, then success: the RETRY record while it waits
+    and the final value and record are the Python worker's."""
+    start_worker(kind)
+    r = send(celery_app, "apply_async", "examples.flaky", [2])
+    retry_meta = wait_until(lambda: (stored_meta(redis_server, r.id) or {}).get("status") == "RETRY"
+                            and stored_meta(redis_server, r.id), scaled(10), what="a RETRY record")
+    assert r.get(timeout=GET_TIMEOUT) == 2
+    final = stored_meta(redis_server, r.id)
+    shape = [_normalise_ids({k: v for k, v in retry_meta.items() if k != "date_done"}, r.id),
+             _normalise_ids({k: v for k, v in final.items() if k != "date_done"}, r.id)]
+    differential.check(kind, "retry-then-success", shape)
+
+
+@pytest.mark.redis_backend
+def test_retry_max_retries_exceeded(start_worker, kind, celery_app, redis_server, differential):
+    """Past max_retries (3) a retry() without exc fails with MaxRetriesExceededError
+    naming the task, as Celery's Task.retry raises it."""
+    start_worker(kind)
+    r = send(celery_app, "apply_async", "examples.flaky", [10], {"countdown": 0.1})
+    with pytest.raises(Exception) as info:
+        r.get(timeout=GET_TIMEOUT)
+    exc = info.value
+    assert type(exc).__name__ == "MaxRetriesExceededError"
+    final = stored_meta(redis_server, r.id)
+    shape = [type(exc).__name__, _normalise_ids(list(exc.args), r.id),
+             _normalise_ids(final["result"], r.id), final["status"]]
+    differential.check(kind, "retry-max-exceeded", shape)
