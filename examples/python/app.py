@@ -8,6 +8,7 @@ so that one producer can be pointed at either a ``celery worker`` or a
     examples.echo(*args, **kw)   {"args": args, "kwargs": kw}
     examples.limited(*args, **kw)  echo, rate_limit "10/s"
     examples.flaky(n, countdown=0.5)  retries n times (default max_retries 3), returns retries
+    examples.autoretry(n)        raises ValueError n times, autoretry_for=(ValueError,), 0.2 s apart
     examples.sleep(seconds)      sleeps, returns seconds
     examples.fail(message)       raises ValueError(message)
     examples.crash()             kills its own pool process with SIGSEGV
@@ -103,6 +104,14 @@ def limited(*args, **kwargs):
 def flaky(self, fail_times, countdown=0.5):
     if self.request.retries < fail_times:
         raise self.retry(countdown=countdown)
+    return self.request.retries
+
+
+@app.task(name="examples.autoretry", bind=True, autoretry_for=(ValueError,),
+          default_retry_delay=0.2)
+def autoretry(self, fail_times):
+    if self.request.retries < fail_times:
+        raise ValueError("attempt %d" % self.request.retries)
     return self.request.retries
 
 

@@ -192,6 +192,22 @@ static int flaky(cel_task *t, const json_t *args, const json_t *kwargs)
     return cel_task_return(t, json_integer(cel_task_retries(t)));
 }
 
+/* examples.autoretry(fail_times): raises ValueError("attempt N") until it
+ * has been retried fail_times times; autoretry_for ValueError, 0.2 s apart. */
+static int autoretry_task(cel_task *t, const json_t *args, const json_t *kwargs)
+{
+    static const char *const params[] = {"fail_times"};
+    const json_t *n;
+    int rc = bind(t, "autoretry", params, 1, args, kwargs, &n);
+    if (rc)
+        return rc;
+    if (!json_is_integer(n))
+        return cel_task_raise(t, "builtins", "TypeError", "fail_times must be an int");
+    if (cel_task_retries(t) < json_integer_value(n))
+        return cel_task_raise(t, "builtins", "ValueError", "attempt %d", cel_task_retries(t));
+    return cel_task_return(t, json_integer(cel_task_retries(t)));
+}
+
 /* examples.fail(message) raises ValueError(message). */
 static int fail(cel_task *t, const json_t *args, const json_t *kwargs)
 {
@@ -229,6 +245,10 @@ int celeriac_module_init(cel_registry *reg)
     rc |= cel_register(reg, "examples.sleep", sleep_task, NULL);
     rc |= cel_register(reg, "examples.fail", fail, NULL);
     rc |= cel_register(reg, "examples.flaky", flaky, NULL);
+    static const char *const value_error[] = {"ValueError", NULL};
+    rc |= cel_register(reg, "examples.autoretry", autoretry_task,
+                       &(cel_task_options){.autoretry_for = value_error,
+                                           .default_retry_delay = 0.2});
     rc |= cel_register(reg, "examples.crash", crash, NULL);
     return rc;
 }

@@ -82,6 +82,19 @@ typedef struct cel_task_options {
      * in Celery, a token bucket of capacity 1 per task name spaces the
      * starts 1/rate apart; held messages stay reserved (unacked). */
     const char *rate_limit;
+    /* Celery's autoretry_for: exception type names ("ValueError", or
+     * "module.Type"; "Exception" matches every failure), NULL-terminated;
+     * a task that fails with one of them is retried with that exception
+     * recorded (RETRY), and fails with it once max_retries is spent.
+     * Borrowed: it must outlive the registry (a static array). */
+    const char *const *autoretry_for;
+    /* Celery's retry_backoff (seconds factor; 0 = off: default_retry_delay),
+     * retry_backoff_max (0 = 600) and retry_jitter (default on): the
+     * countdown is min(max, factor * 2^retries), then a random integer in
+     * [0, countdown] with jitter — get_exponential_backoff_interval. */
+    double retry_backoff;
+    double retry_backoff_max;
+    cel_option retry_jitter;
 } cel_task_options;
 
 /* Registers `fn` under the Celery name `name` (copied).  `opts` may be NULL.

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct cel_task {
     const cel_message *m;
@@ -32,6 +33,7 @@ struct cel_task {
     const char *exc_module, *exc_type;
     json_t *exc_args;   /* FAILURE args */
     double countdown;   /* RETRY */
+    json_t *retry_exc;  /* RETRY by autoretry: the exception dict recorded */
 };
 
 void cel_outcome_clear(cel_outcome *o)
@@ -267,6 +269,57 @@ const json_t *cel_task_delivery_info(const cel_task *t)
     return mt->delivery_info;
 }
 
+int cel_backoff_interval(int factor, int retries, int maximum, bool full_jitter)
+{
+    /* celery.utils.time.get_exponential_backoff_interval */
+    double c = (double)factor * (retries < 62 ? (double)(1ULL << retries) : 4e18);
+    int countdown = c < maximum ? (int)c : maximum;
+    if (full_jitter && countdown > 0) {
+        static unsigned seed;
+        if (!seed)
+            seed = (unsigned)(cel_monotonic() * 1e6) ^ (unsigned)getpid();
+        countdown = (int)(rand_r(&seed) % ((unsigned)countdown + 1));
+    }
+    return countdown > 0 ? countdown : 0;
+}
+
+static bool autoretry_matches(const cel_task_def *def, const char *module, const char *type)
+{
+    for (const char *const *p = def->opts.autoretry_for; p && *p; p++) {
+        const char *dot = strrchr(*p, '.');
+        if (!strcmp(*p, "Exception") || !strcmp(*p, type) ||
+            (dot && !strcmp(dot + 1, type) && module && strlen(module) == (size_t)(dot - *p) &&
+             !strncmp(*p, module, (size_t)(dot - *p))))
+            return true;
+    }
+    return false;
+}
+
+/* Celery's autoretry: task.retry(exc=exc) — a retry while retries are
+ * left, else the failure stands (retry re-raises exc). */
+static void autoretry(cel_task *t, const cel_task_def *def)
+{
+    int max = def->opts.max_retries == 0                ? 3
+              : def->opts.max_retries == CEL_RETRIES_NONE ? 0
+                                                          : def->opts.max_retries;
+    if (max != CEL_RETRIES_UNLIMITED && t->m->retries >= max)
+        return;
+    double countdown;
+    if (def->opts.retry_backoff > 0) {
+        int factor = def->opts.retry_backoff < 1 ? 1 : (int)def->opts.retry_backoff;
+        int maximum = def->opts.retry_backoff_max > 0 ? (int)def->opts.retry_backoff_max : 600;
+        countdown = cel_backoff_interval(factor, t->m->retries, maximum,
+                                         cel_option_on(def->opts.retry_jitter, true));
+    } else {
+        countdown = def->opts.default_retry_delay > 0 ? def->opts.default_retry_delay : 180;
+    }
+    json_t *exc = cel_exc_dict(t->exc_module, t->exc_type, json_incref(t->exc_args));
+    reset_outcome(t);
+    t->status = CEL_TASK_RETRY;
+    t->countdown = countdown;
+    t->retry_exc = exc;
+}
+
 /* Turns a RETRY past max_retries into Celery's MaxRetriesExceededError. */
 static void check_max_retries(cel_task *t, const cel_task_def *def)
 {
@@ -312,7 +365,10 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
              * at the limit: whatever the task did after it does not count. */
             cel_task_raise_args(&t, "billiard.exceptions", "SoftTimeLimitExceeded", json_array());
         }
-        if (t.status == CEL_TASK_RETRY)
+        if (t.status == CEL_TASK_FAILURE && def->opts.autoretry_for &&
+            autoretry_matches(def, t.exc_module, t.exc_type))
+            autoretry(&t, def);
+        else if (t.status == CEL_TASK_RETRY)
             check_max_retries(&t, def);
     }
     out->runtime = cel_monotonic() - t0;
@@ -341,8 +397,15 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
     } else if (t.status == CEL_TASK_RETRY) {
         out->status = CEL_OUT_RETRY;
         out->countdown = t.countdown;
-        char msg[64];
-        snprintf(msg, sizeof msg, "Retry in %gs", t.countdown);
+        char msg[1100];
+        char *er = t.retry_exc ? exc_repr(json_string_value(json_object_get(t.retry_exc,
+                                                                            "exc_type")),
+                                          json_object_get(t.retry_exc, "exc_message"))
+                               : NULL;
+        /* Celery's Retry.__str__: "Retry in 2s" or "Retry in 2s: ValueError('x')". */
+        snprintf(msg, sizeof msg, "Retry in %gs%s%.1000s", t.countdown, er ? ": " : "",
+                 er ? er : "");
+        free(er);
         cel_info("Task %s[%s] retry: %s", m->task, m->id, msg);
         /* What Celery's tracer stores for retry() without exc: result None
          * (the exc given to retry), the traceback of the Retry raised, and
@@ -352,7 +415,7 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
         json_decref(rargs);
         json_t *children = json_pack("[[[s, n], n]]", m->id);
         if (store)
-            out->meta = exec_record(env, m, "RETRY", NULL, tb, children, &out->meta_len);
+            out->meta = exec_record(env, m, "RETRY", t.retry_exc, tb, children, &out->meta_len);
         json_decref(children);
         free(tb);
     } else {
@@ -374,6 +437,7 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
     }
     json_decref(t.result);
     json_decref(t.exc_args);
+    json_decref(t.retry_exc);
     json_decref(t.delivery_info);
     json_decref(t.headers);
 }

@@ -45,11 +45,13 @@ typedef struct cel_outcome {
 void cel_outcome_clear(cel_outcome *o);
 
 /* What a running task hands the process that owns the broker and backend. */
-enum { CEL_NOTE_STATE = 0, CEL_NOTE_PUBLISH = 1, CEL_NOTE_STORE = 2 };
+enum { CEL_NOTE_STATE = 0, CEL_NOTE_PUBLISH = 1, CEL_NOTE_STORE = 2, CEL_NOTE_CHORD = 3 };
 /* STATE: the task stored a custom state; `text` is the record.  PUBLISH: a
  * message to send before the outcome is stored (callbacks, chains,
  * errbacks); `text` is "<queue>\n<priority>\n<envelope>".  STORE: a record
- * for another task (the rest of a failed chain): "<task_id>\n<reply_to>\n<record>". */
+ * for another task (the rest of a failed chain): "<task_id>\n<reply_to>\n<record>".
+ * CHORD: a chord header task is over; `text` is the part (worker/chord.h),
+ * joined after the outcome is stored. */
 typedef void (*cel_state_cb)(void *ud, int kind, const char *text, size_t len);
 
 /* Runs the task of parsed message `m` (stages up to the body done).  Fills
@@ -64,6 +66,10 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
  * meta.  Returns malloc'd text (length in *len) or NULL. */
 char *cel_exec_record(const cel_exec_env *env, const cel_message *m, const char *status,
                       json_t *result, const char *traceback, size_t *len);
+
+/* celery.utils.time.get_exponential_backoff_interval: min(maximum,
+ * factor * 2^retries), then uniform in [0, that] with full_jitter. */
+int cel_backoff_interval(int factor, int retries, int maximum, bool full_jitter);
 
 /* Celery's exception dict {"exc_type", "exc_message", "exc_module"}; steals
  * `args` (a JSON array). */

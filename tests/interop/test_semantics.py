@@ -235,3 +235,25 @@ def test_retry_max_retries_exceeded(start_worker, kind, celery_app, redis_server
     shape = [type(exc).__name__, _normalise_ids(list(exc.args), r.id),
              _normalise_ids(final["result"], r.id), final["status"]]
     differential.check(kind, "retry-max-exceeded", shape)
+
+
+@pytest.mark.redis_backend
+@pytest.mark.parametrize("fail_times", [2, 5])
+def test_autoretry(start_worker, kind, celery_app, redis_server, differential, fail_times):
+    """autoretry_for=(ValueError,): each ValueError becomes a retry with the
+    exception recorded in the RETRY state; once max_retries (3) is spent the
+    ValueError itself is the failure (Task.retry re-raises exc)."""
+    start_worker(kind)
+    r = send(celery_app, "apply_async", "examples.autoretry", [fail_times])
+    retry_meta = wait_until(lambda: (stored_meta(redis_server, r.id) or {}).get("status") == "RETRY"
+                            and stored_meta(redis_server, r.id), scaled(10), what="a RETRY record")
+    if fail_times <= 3:
+        assert r.get(timeout=GET_TIMEOUT) == fail_times
+    else:
+        with pytest.raises(ValueError) as info:
+            r.get(timeout=GET_TIMEOUT)
+        assert info.value.args == ("attempt 3",)
+    final = stored_meta(redis_server, r.id)
+    shape = [_normalise_ids({k: v for k, v in retry_meta.items() if k != "date_done"}, r.id),
+             _normalise_ids({k: v for k, v in final.items() if k != "date_done"}, r.id)]
+    differential.check(kind, "autoretry-%d" % fail_times, shape)

@@ -21,6 +21,7 @@
 
 #include "core/config.h"
 #include "worker/registry.h"
+#include "worker/exec.h"
 #include "core/log.h"
 
 extern char **environ;
@@ -586,6 +587,17 @@ static void test_set_numbers(void **state)
     const char *bad_rates[] = {"", "/s", "10/d", "10/", "ten/s", "-1/s", "10/ss"};
     for (size_t i = 0; i < sizeof bad_rates / sizeof bad_rates[0]; i++)
         assert_int_equal(cel_parse_rate(bad_rates[i], &rate), -1);
+
+    /* get_exponential_backoff_interval(factor, retries, maximum, full_jitter) */
+    assert_int_equal(cel_backoff_interval(1, 0, 600, false), 1);
+    assert_int_equal(cel_backoff_interval(1, 3, 600, false), 8);
+    assert_int_equal(cel_backoff_interval(3, 4, 600, false), 48);
+    assert_int_equal(cel_backoff_interval(1, 10, 600, false), 600);
+    assert_int_equal(cel_backoff_interval(1, 200, 600, false), 600);
+    for (int i = 0; i < 200; i++) {
+        int j = cel_backoff_interval(2, 3, 600, true);
+        assert_true(j >= 0 && j <= 16);
+    }
 
     assert_int_equal(cel_config_set(&c, "result_expires", "60.5", err, sizeof err), 0);
     assert_true(c.result_expires == 60.5);
