@@ -69,6 +69,10 @@ typedef struct amqp_transport {
     uint64_t settled;
     uint64_t *above;
     size_t nabove, capabove;
+    /* Remote control: queue <nodename>.celery.pidbox, consumed no_ack. */
+    char *pidbox_q, *pidbox_ctag;
+    cel_delivery *ctl;
+    size_t nctl, capctl;
     bool waiting;
     double down_since, next_retry;
     int retries;
@@ -121,6 +125,40 @@ static int declare_queue(cel_aconn *a, const char *q, char *err, size_t errlen)
     return check_reply(a, "queue.bind", err, errlen);
 }
 
+/* Celery's pidbox topology (§4.1), exactly, since a mismatch closes the
+ * channel: fanout exchange `celery.pidbox` (not durable), queue
+ * `<nodename>.celery.pidbox` (not durable, auto-delete, x-expires 10 s,
+ * x-message-ttl 300 s), consumed without acks as kombu's Mailbox does. */
+static int declare_pidbox(amqp_transport *t, char *err, size_t errlen)
+{
+    amqp_exchange_declare(t->a->c, CEL_ACH, cel_abytes("celery.pidbox"), cel_abytes("fanout"), 0,
+                          0, 0, 0, amqp_empty_table);
+    if (check_reply(t->a, "exchange.declare celery.pidbox", err, errlen) < 0)
+        return -1;
+    amqp_table_entry_t args[2];
+    args[0].key = amqp_cstring_bytes("x-expires");
+    args[0].value.kind = AMQP_FIELD_KIND_I32;
+    args[0].value.value.i32 = 10000;
+    args[1].key = amqp_cstring_bytes("x-message-ttl");
+    args[1].value.kind = AMQP_FIELD_KIND_I32;
+    args[1].value.value.i32 = 300000;
+    amqp_table_t table = {.num_entries = 2, .entries = args};
+    amqp_queue_declare(t->a->c, CEL_ACH, cel_abytes(t->pidbox_q), 0, 0, 0, 1, table);
+    if (check_reply(t->a, "queue.declare pidbox", err, errlen) < 0)
+        return -1;
+    amqp_queue_bind(t->a->c, CEL_ACH, cel_abytes(t->pidbox_q), cel_abytes("celery.pidbox"),
+                    amqp_empty_bytes, amqp_empty_table);
+    if (check_reply(t->a, "queue.bind pidbox", err, errlen) < 0)
+        return -1;
+    amqp_basic_consume_ok_t *ok = amqp_basic_consume(t->a->c, CEL_ACH, cel_abytes(t->pidbox_q),
+                                                     amqp_empty_bytes, 0, 1, 0, amqp_empty_table);
+    if (check_reply(t->a, "basic.consume pidbox", err, errlen) < 0 || !ok)
+        return -1;
+    free(t->pidbox_ctag);
+    t->pidbox_ctag = strndup(ok->consumer_tag.bytes, ok->consumer_tag.len);
+    return 0;
+}
+
 /* Opens the consuming connection: declare, qos, consume. */
 static int connect_consumer(amqp_transport *t, char *err, size_t errlen)
 {
@@ -146,6 +184,8 @@ static int connect_consumer(amqp_transport *t, char *err, size_t errlen)
         free(t->ctags[i]);
         t->ctags[i] = strndup(ok->consumer_tag.bytes, ok->consumer_tag.len);
     }
+    if (t->pidbox_q && declare_pidbox(t, err, errlen) < 0)
+        goto fail;
     cel_aconn_sent(t->a);
     return 0;
 fail:
@@ -241,6 +281,18 @@ done:
 
 static int keep(amqp_transport *t, const amqp_envelope_t *e)
 {
+    if (t->pidbox_ctag && strlen(t->pidbox_ctag) == e->consumer_tag.len &&
+        memcmp(t->pidbox_ctag, e->consumer_tag.bytes, e->consumer_tag.len) == 0) {
+        /* A remote-control request (no_ack): kept for control_read. */
+        if (cel_grow(&t->ctl, &t->capctl, t->nctl, sizeof *t->ctl, 4) < 0)
+            return -1;
+        cel_delivery d = {0};
+        d.raw = envelope_of(t, e, &d.len);
+        if (!d.raw)
+            return -1;
+        t->ctl[t->nctl++] = d;
+        return 0;
+    }
     if (cel_grow(&t->pending, &t->cappending, t->npending, sizeof *t->pending, 16) < 0)
         return -1;
     cel_delivery d = {0};
@@ -568,6 +620,70 @@ static int declare_once(amqp_transport *t, const char *queue, char *err, size_t 
     return 0;
 }
 
+static int at_control_fd(cel_transport *base)
+{
+    (void)base;
+    return -1; /* requests arrive on the consumer's socket, read by tick/fetch */
+}
+
+static int at_control_read(cel_transport *base, cel_delivery *out, int max, bool readable)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    (void)readable;
+    int n = 0;
+    while (n < max && (size_t)n < t->nctl) {
+        out[n] = t->ctl[n];
+        n++;
+    }
+    if (n > 0)
+        memmove(t->ctl, t->ctl + n, (t->nctl - (size_t)n) * sizeof *t->ctl);
+    t->nctl -= (size_t)n;
+    return n;
+}
+
+/* A reply to the client's exchange (`reply.celery.pidbox`, direct) with
+ * routing key = its oid; transient; unroutable replies (the client gave
+ * up) are dropped, as kombu's are. */
+static int at_control_reply(cel_transport *base, const char *exchange, const char *routing_key,
+                            const char *ticket, long long clock, const char *body, size_t len)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    char err[512];
+    if (!t->pub) {
+        t->pub = cel_aconn_open(&t->url, t->tls, 0, true, CONNECT_TIMEOUT, err, sizeof err);
+        if (!t->pub) {
+            cel_error("remote control: cannot reply: %s", err);
+            return -1;
+        }
+    }
+    amqp_table_entry_t h[2];
+    h[0].key = amqp_cstring_bytes("ticket");
+    h[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    h[0].value.value.bytes = cel_abytes(ticket);
+    h[1].key = amqp_cstring_bytes("clock");
+    h[1].value.kind = AMQP_FIELD_KIND_I64;
+    h[1].value.value.i64 = clock;
+    amqp_basic_properties_t props = {0};
+    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
+                   AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+                   AMQP_BASIC_PRIORITY_FLAG;
+    props.content_type = cel_abytes("application/json");
+    props.content_encoding = cel_abytes("utf-8");
+    props.delivery_mode = 1;
+    props.priority = 0;
+    props.headers = (amqp_table_t){.num_entries = 2, .entries = h};
+    cel_apub st = cel_aconn_publish(t->pub, exchange, routing_key, &props, body, len, false,
+                                    PUBLISH_TIMEOUT, err, sizeof err);
+    if (st == CEL_APUB_ERROR) {
+        cel_error("remote control: reply failed: %s", err);
+        cel_aconn_abort(t->pub);
+        t->pub = NULL;
+        forget_declared(t);
+        return -1;
+    }
+    return 0;
+}
+
 /* Publishes a Redis-shaped envelope as an AMQP message to `queue` through
  * the default exchange. */
 static int at_publish(cel_transport *base, const char *queue, int priority, const char *raw,
@@ -676,6 +792,11 @@ static void at_close(cel_transport *base)
     free(t->declared);
     free(t->out);
     free(t->above);
+    for (size_t i = 0; i < t->nctl; i++)
+        cel_delivery_free(&t->ctl[i]);
+    free(t->ctl);
+    free(t->pidbox_q);
+    free(t->pidbox_ctag);
     cel_url_free(&t->url);
     free(t);
 }
@@ -695,6 +816,9 @@ static const cel_transport_ops amqp_ops = {
     .publish = at_publish,
     .tick = at_tick,
     .qos = at_qos,
+    .control_fd = at_control_fd,
+    .control_read = at_control_read,
+    .control_reply = at_control_reply,
     .close = at_close,
 };
 
@@ -725,6 +849,8 @@ cel_transport *cel_amqp_transport_open(const cel_url *u, const cel_config *cfg, 
         at_close(&t->base);
         return NULL;
     }
+    if (consume && cfg->hostname && asprintf(&t->pidbox_q, "%s.celery.pidbox", cfg->hostname) < 0)
+        t->pidbox_q = NULL;
     /* `celeriac call` publishes only: no consumer connection at all. */
     if (consume && connect_consumer(t, err, errlen) < 0) {
         at_close(&t->base);

@@ -152,6 +152,8 @@ typedef struct redis_transport {
     cel_rscript fetch, restore, unlock;
     char **acks;        /* queued ack tags */
     size_t nacks, capacks;
+    redisContext *sub;  /* PSUBSCRIBE /{db}.celery.pidbox (remote control) */
+    double sub_retry;   /* monotonic time of the next reconnect attempt */
 } redis_transport;
 
 void cel_delivery_free(cel_delivery *d)
@@ -682,9 +684,106 @@ static int rt_publish(cel_transport *base, const char *queue, int priority, cons
     return rc;
 }
 
+/* Remote control over Redis: the broadcast exchange `celery.pidbox` is a
+ * pub/sub channel (kombu's fanout, prefix "/{db}."); replies go to the
+ * client's list through the `reply.celery.pidbox` binding, as kombu's
+ * direct exchange emulation does. */
+static int rt_control_fd(cel_transport *base)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (t->sub && !t->sub->err)
+        return t->sub->fd;
+    if (t->sub) {
+        cel_warn("remote control: lost the pidbox subscription (%s); resubscribing",
+                 t->sub->errstr);
+        redisFree(t->sub);
+        t->sub = NULL;
+    }
+    if (cel_monotonic() < t->sub_retry)
+        return -1;
+    t->sub_retry = cel_monotonic() + 1.0;
+    char err[256];
+    t->sub = cel_redis_connect(&t->url, 5.0, err, sizeof err);
+    if (!t->sub)
+        return -1;
+    redisReply *r = redisCommand(t->sub, "PSUBSCRIBE /%d.celery.pidbox", t->url.db);
+    if (!r) {
+        redisFree(t->sub);
+        t->sub = NULL;
+        return -1;
+    }
+    freeReplyObject(r); /* the subscription's confirmation */
+    return t->sub->fd;
+}
+
+static int rt_control_read(cel_transport *base, cel_delivery *out, int max, bool readable)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (!t->sub)
+        return -1;
+    if (readable && redisBufferRead(t->sub) != REDIS_OK)
+        return -1;
+    int n = 0;
+    while (n < max) {
+        redisReply *r = NULL;
+        if (redisGetReplyFromReader(t->sub, (void **)&r) != REDIS_OK)
+            return n ? n : -1;
+        if (!r)
+            break;
+        /* ["pmessage", pattern, channel, payload] */
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+            r->element[3]->type == REDIS_REPLY_STRING) {
+            out[n].raw = r->element[3]->str;
+            out[n].len = r->element[3]->len;
+            out[n].queue = NULL;
+            r->element[3]->str = NULL;
+            n++;
+        }
+        freeReplyObject(r);
+    }
+    return n;
+}
+
+static int rt_control_reply(cel_transport *base, const char *exchange, const char *routing_key,
+                            const char *ticket, long long clock, const char *body, size_t len)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (reconnect_cmd(t) < 0)
+        return -1;
+    char *env = cel_message_build_reply(exchange, routing_key, ticket, clock, body, len);
+    if (!env)
+        return -1;
+    /* The client's queue, from the exchange's bindings (kombu's routing). */
+    redisReply *m = redisCommand(t->cmd, "SMEMBERS _kombu.binding.%s", exchange);
+    int rc = -1;
+    for (size_t i = 0; m && m->type == REDIS_REPLY_ARRAY && i < m->elements; i++) {
+        redisReply *e = m->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        const char *s1 = memmem(e->str, e->len, SEP, 2);
+        const char *s2 = s1 ? memmem(s1 + 2, e->len - (size_t)(s1 + 2 - e->str), SEP, 2) : NULL;
+        if (!s2 || (size_t)(s1 - e->str) != strlen(routing_key) ||
+            memcmp(e->str, routing_key, (size_t)(s1 - e->str)) != 0)
+            continue;
+        const char *q = s2 + 2;
+        size_t ql = e->len - (size_t)(q - e->str);
+        redisReply *p = redisCommand(t->cmd, "LPUSH %b %s", q, ql, env);
+        if (p && p->type == REDIS_REPLY_INTEGER)
+            rc = 0;
+        if (p)
+            freeReplyObject(p);
+    }
+    if (m)
+        freeReplyObject(m);
+    free(env);
+    return rc;
+}
+
 static void rt_close(cel_transport *base)
 {
     redis_transport *t = (redis_transport *)base;
+    if (t->sub)
+        redisFree(t->sub);
     rt_flush(base);
     if (t->cmd)
         redisFree(t->cmd);
@@ -712,6 +811,9 @@ static const cel_transport_ops redis_ops = {
     .flush = rt_flush,
     .restore_visible = rt_restore_visible,
     .publish = rt_publish,
+    .control_fd = rt_control_fd,
+    .control_read = rt_control_read,
+    .control_reply = rt_control_reply,
     .close = rt_close,
 };
 

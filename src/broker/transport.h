@@ -64,6 +64,18 @@ typedef struct cel_transport_ops {
     /* Sets the broker-side prefetch window (AMQP basic.qos).  May be NULL
      * (Redis: the worker's own budget is the window). */
     int (*qos)(cel_transport *t, int prefetch);
+    /* Remote control (pidbox); all three may be NULL.  control_fd: where
+     * broadcast requests arrive (-1: not now; called every turn, so it
+     * reconnects).  control_read: the requests that arrived, as kombu
+     * envelopes (owned), up to max: how many, or -1; it reads the socket
+     * only when `readable` (poll said so), else returns what is buffered —
+     * call it every turn (AMQP's arrive on the consumer's socket, read by
+     * tick/fetch).  control_reply: sends
+     * `body` (JSON) to exchange/routing_key with headers ticket and clock. */
+    int (*control_fd)(cel_transport *t);
+    int (*control_read)(cel_transport *t, cel_delivery *out, int max, bool readable);
+    int (*control_reply)(cel_transport *t, const char *exchange, const char *routing_key,
+                         const char *ticket, long long clock, const char *body, size_t len);
     void (*close)(cel_transport *t);
 } cel_transport_ops;
 

@@ -1459,3 +1459,25 @@ done:
     json_decref(env);
     return out;
 }
+
+char *cel_message_build_reply(const char *exchange, const char *routing_key, const char *ticket,
+                              long long clock, const char *body, size_t len)
+{
+    size_t blen = 0;
+    char *b64 = cel_b64_encode(body, len, &blen);
+    char tag[37];
+    cel_uuid4(tag);
+    json_t *env = b64 ? json_pack("{s:s, s:s, s:s, s:{s:s, s:I}, s:{s:i, s:{s:s, s:s}, s:i, "
+                                  "s:s, s:s}}",
+                                  "body", b64, "content-encoding", "utf-8", "content-type",
+                                  "application/json", "headers", "ticket", ticket, "clock",
+                                  (json_int_t)clock, "properties", "delivery_mode", 1,
+                                  "delivery_info", "exchange", exchange, "routing_key",
+                                  routing_key, "priority", 0, "body_encoding", "base64",
+                                  "delivery_tag", tag)
+                      : NULL;
+    char *text = env ? cel_json_dumps_py(env, NULL) : NULL;
+    json_decref(env);
+    free(b64);
+    return text;
+}

@@ -158,6 +158,11 @@ typedef struct cel_message_spec {
  * `id_out` is non-NULL it receives a malloc'd copy of the task id. */
 char *cel_message_build_redis(const cel_message_spec *spec, char **id_out);
 
+/* The kombu envelope of a remote-control reply (Redis list form): body
+ * base64, headers {ticket, clock}, delivery_mode 1.  Returns malloc'd text. */
+char *cel_message_build_reply(const char *exchange, const char *routing_key, const char *ticket,
+                              long long clock, const char *body, size_t len);
+
 /* Re-encodes a parsed message for a restore: same envelope with
  * headers.redelivered and properties.delivery_info.redelivered set to true.
  * Returns malloc'd text or NULL. */

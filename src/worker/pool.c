@@ -38,7 +38,14 @@
 
 /* Report frames, child -> parent: a 4-byte length (host order), then this
  * header, then `len - sizeof(frame_hdr)` bytes of record text. */
-enum { FRAME_STARTED = 1, FRAME_DONE = 2, FRAME_STATE = 3, FRAME_PUBLISH = 4, FRAME_STORE = 5 };
+enum {
+    FRAME_STARTED = 1,
+    FRAME_DONE = 2,
+    FRAME_STATE = 3,
+    FRAME_PUBLISH = 4,
+    FRAME_STORE = 5,
+    FRAME_CHORD = 6
+};
 
 typedef struct frame_hdr {
     uint8_t kind;
@@ -159,6 +166,7 @@ static void child_state_cb(void *ud, int kind, const char *meta, size_t len)
     child_ctx *c = ud;
     frame_hdr h = {.kind = kind == CEL_NOTE_PUBLISH ? FRAME_PUBLISH
                            : kind == CEL_NOTE_STORE ? FRAME_STORE
+                           : kind == CEL_NOTE_CHORD ? FRAME_CHORD
                                                     : FRAME_STATE,
                    .job = c->job};
     send_report(c->fd, &h, meta, len);
@@ -384,6 +392,9 @@ static void solo_state_cb(void *ud, int kind, const char *meta, size_t len)
     } else if (kind == CEL_NOTE_STORE) {
         if (p->ev.on_store)
             p->ev.on_store(p->ud, p->solo_job, meta, len);
+    } else if (kind == CEL_NOTE_CHORD) {
+        if (p->ev.on_chord)
+            p->ev.on_chord(p->ud, p->solo_job, meta, len);
     } else {
         p->ev.on_state(p->ud, p->solo_job, meta, len);
     }
@@ -497,6 +508,17 @@ int cel_pool_soft_timeout(cel_pool *p, uint64_t job)
     return sigqueue(k->pid, SIGUSR1, v);
 }
 
+int cel_pool_signal_job(cel_pool *p, uint64_t job, int signum)
+{
+    child *k = running_child(p, job);
+    /* Pool processes ignore TERM and INT (a warm shutdown's TERM to the
+     * process group must not kill running tasks): revoke's default
+     * SIGTERM becomes SIGKILL for the one process. */
+    if (signum == SIGTERM || signum == SIGINT)
+        signum = SIGKILL;
+    return k ? kill(k->pid, signum) : -1;
+}
+
 int cel_pool_kill_job(cel_pool *p, uint64_t job)
 {
     child *k = running_child(p, job);
@@ -599,6 +621,10 @@ static void handle_frame(cel_pool *p, child *k, const char *data, size_t len)
     case FRAME_STORE:
         if (p->ev.on_store)
             p->ev.on_store(p->ud, h.job, text, tlen);
+        break;
+    case FRAME_CHORD:
+        if (p->ev.on_chord)
+            p->ev.on_chord(p->ud, h.job, text, tlen);
         break;
     default:
         cel_error("Pool process %d sent an unknown frame", (int)k->pid);

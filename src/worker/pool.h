@@ -42,6 +42,9 @@ typedef struct cel_pool_events {
     void (*on_publish)(void *ud, uint64_t job, const char *text, size_t len);
     /* A record to store for another task id: "<task_id>\n<reply_to>\n<record>". */
     void (*on_store)(void *ud, uint64_t job, const char *text, size_t len);
+    /* A chord header task is over: its part (worker/chord.h), to join once
+     * the job's outcome is stored. */
+    void (*on_chord)(void *ud, uint64_t job, const char *text, size_t len);
     /* The child running `job` died with wait status `status`. */
     void (*on_lost)(void *ud, uint64_t job, int status);
     /* A process (pid) took the job and is starting it. */
@@ -79,6 +82,8 @@ void cel_pool_flush(cel_pool *p);
  * with the job. */
 int cel_pool_soft_timeout(cel_pool *p, uint64_t job);
 int cel_pool_kill_job(cel_pool *p, uint64_t job);
+/* revoke(terminate=True): `signum` to the process running `job`. */
+int cel_pool_signal_job(cel_pool *p, uint64_t job, int signum);
 
 /* Takes back jobs still waiting in the queue (no process took them yet),
  * e.g. at a warm shutdown, so their messages can be restored.  Writes up to

@@ -20,10 +20,12 @@
 #include "worker/worker.h"
 #include "backend/backend.h"
 #include "broker/transport.h"
+#include "control/control.h"
 #include "core/log.h"
 #include "core/message.h"
 #include "core/util.h"
 #include "worker/exec.h"
+#include "worker/chord.h"
 #include "worker/pool.h"
 #include "worker/registry.h"
 
@@ -57,6 +59,8 @@ typedef struct request {
     double soft_limit, hard_limit; /* seconds from the start; 0 = none */
     bool hard_is_int;     /* the limit came from the message as an integer */
     bool soft_sent;
+    char *chord_part;     /* a chord header task's part, joined in finish() */
+    size_t chord_len;
 } request;
 
 /* A task name's rate limit: kombu's TokenBucket with capacity 1, as
@@ -68,6 +72,7 @@ typedef struct bucket {
 
 typedef struct worker {
     cel_config *cfg;
+    cel_control *ctl;     /* remote control: revoked ids, the Lamport clock */
     bucket *buckets;
     size_t nbuckets, capbuckets;
     cel_registry *reg;
@@ -117,6 +122,14 @@ static request *find_req(worker *w, uint64_t job, size_t *idx)
     return NULL;
 }
 
+static request *find_req_by_id(worker *w, const char *id)
+{
+    for (size_t i = 0; i < w->nreqs; i++)
+        if (w->reqs[i]->msg.id && !strcmp(w->reqs[i]->msg.id, id))
+            return w->reqs[i];
+    return NULL;
+}
+
 static void drop_req(worker *w, request *r)
 {
     for (size_t i = 0; i < w->nreqs; i++)
@@ -127,6 +140,7 @@ static void drop_req(worker *w, request *r)
         }
     cel_message_clear(&r->msg);
     cel_delivery_free(&r->d);
+    free(r->chord_part);
     free(r);
 }
 
@@ -223,6 +237,8 @@ static void finish(worker *w, request *r, cel_outcome *o)
         cel_backend_store_raw(w->be, r->msg.id, r->msg.reply_to, o->meta, o->meta_len);
         w->stores_pending++;
     }
+    if (r->chord_part && w->be) /* after the task's own record, as Celery */
+        cel_chord_part_return(w->be, w->tr, r->chord_part, r->chord_len);
     if (o->status == CEL_OUT_FAILURE && r->acks_late && !r->acked && r->msg.delivery_tag &&
         !w->cfg->task_acks_on_failure_or_timeout) {
         /* Celery: acks_late without acks_on_failure_or_timeout rejects a
@@ -282,6 +298,35 @@ static void pool_on_store(void *ud, uint64_t job, const char *text, size_t len)
     const char *meta = nl2 + 1;
     cel_backend_store_raw(w->be, id, rl ? reply_to : NULL, meta, len - (size_t)(meta - text));
     w->stores_pending++;
+}
+
+/* A chord header task's part: kept until its outcome is stored. */
+static void pool_on_chord(void *ud, uint64_t job, const char *text, size_t len)
+{
+    worker *w = ud;
+    request *r = find_req(w, job, NULL);
+    char *copy = r ? malloc(len) : NULL;
+    if (!copy)
+        return;
+    memcpy(copy, text, len);
+    free(r->chord_part);
+    r->chord_part = copy;
+    r->chord_len = len;
+}
+
+/* A header task the parent itself failed or revoked (lost process, hard
+ * time limit, expiry) is a chord part too (mark_as_failure/_revoked). */
+static void chord_parent(worker *w, request *r, const char *state, const json_t *exc)
+{
+    free(r->chord_part);
+    r->chord_part = NULL;
+    if (!w->be || !r->msg.group)
+        return;
+    size_t len = 0;
+    char *part = cel_chord_part_raw(r->d.raw, r->d.len, state, exc, &len);
+    if (part)
+        cel_chord_part_return(w->be, w->tr, part, len);
+    free(part);
 }
 
 static void pool_on_unsent(void *ud, uint64_t job)
@@ -369,6 +414,7 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
               msg);
     if (!r->ignore_result)
         store(w, &r->msg, "FAILURE", exc, tb);
+    chord_parent(w, r, "FAILURE", exc);
     json_decref(exc);
     free(tb);
     cel_outcome none = {.status = CEL_OUT_FAILURE};
@@ -518,6 +564,7 @@ static double enforce_time_limits(worker *w)
             json_t *exc = cel_exc_dict("billiard.exceptions", "TimeLimitExceeded", args);
             if (!r->ignore_result)
                 store(w, &r->msg, "FAILURE", exc, NULL);
+            chord_parent(w, r, "FAILURE", exc);
             json_decref(exc);
             cel_pool_kill_job(w->pool, r->job);
             /* acks_late: Celery acks a timed-out task when
@@ -582,6 +629,55 @@ static double rate_take(worker *w, const cel_task_def *def)
     return (1 - b->tokens) / def->rate;
 }
 
+/* ---- remote control ---------------------------------------------------- */
+
+/* revoke(terminate=True): the processes running these tasks get `signum`;
+ * the task is REVOKED ('terminated'), as Celery's Request.terminate. */
+static int control_revoke(void *ud, const char *const *ids, size_t n, bool terminate, int signum)
+{
+    worker *w = ud;
+    int hit = 0;
+    for (size_t k = 0; k < n && terminate; k++) {
+        request *r = find_req_by_id(w, ids[k]);
+        if (!r || r->state != REQ_RUNNING)
+            continue;
+        const char *sig = sigabbrev_np(signum);
+        cel_info("Terminating %s (SIG%s)", r->msg.id, sig ? sig : "?");
+        if (cel_pool_signal_job(w->pool, r->job, signum) < 0)
+            continue;
+        hit++;
+        json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
+                                   json_pack("[s]", "terminated"));
+        if (!r->ignore_result)
+            store(w, &r->msg, "REVOKED", exc, NULL);
+        chord_parent(w, r, "REVOKED", exc);
+        json_decref(exc);
+        ack(w, r);
+        w->processed++;
+        drop_req(w, r);
+    }
+    return hit;
+}
+
+static int control_reply(void *ud, const char *exchange, const char *routing_key,
+                         const char *ticket, long long clock, const char *body, size_t len)
+{
+    worker *w = ud;
+    return w->tr->ops->control_reply
+               ? w->tr->ops->control_reply(w->tr, exchange, routing_key, ticket, clock, body, len)
+               : -1;
+}
+
+static void control_poll(worker *w, bool readable)
+{
+    cel_delivery ds[16];
+    int n = w->tr->ops->control_read(w->tr, ds, 16, readable);
+    for (int i = 0; i < n; i++) {
+        cel_control_handle(w->ctl, ds[i].raw, ds[i].len);
+        cel_delivery_free(&ds[i]);
+    }
+}
+
 /* ---- dispatch --------------------------------------------------------- */
 
 /* Hands due requests to idle processes, oldest first; returns seconds until
@@ -596,12 +692,26 @@ static double dispatch(worker *w)
             i++;
             continue;
         }
+        if (cel_control_is_revoked(w->ctl, r->msg.id)) {
+            /* Celery's Request.revoked(): REVOKED stored, the message acked. */
+            json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
+                                       json_pack("[s]", "revoked"));
+            cel_info("Discarding revoked task: %s[%s]", r->msg.task, r->msg.id);
+            if (!r->ignore_result)
+                store(w, &r->msg, "REVOKED", exc, NULL);
+            chord_parent(w, r, "REVOKED", exc);
+            json_decref(exc);
+            ack(w, r);
+            drop_req(w, r);
+            continue;
+        }
         if (r->msg.has_expires && r->msg.expires <= now) {
             json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
                                    json_pack("[s]", "expired"));
             cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
             if (!r->ignore_result)
                 store(w, &r->msg, "REVOKED", exc, NULL);
+            chord_parent(w, r, "REVOKED", exc);
             json_decref(exc);
             ack(w, r);
             drop_req(w, r);
@@ -805,9 +915,13 @@ int cel_worker_main(cel_config *cfg)
                             .ignore_result = cfg->task_ignore_result};
     cel_pool_events ev = {.on_outcome = pool_on_outcome, .on_state = pool_on_state,
                           .on_publish = pool_on_publish, .on_store = pool_on_store,
+                          .on_chord = pool_on_chord,
                           .on_lost = pool_on_lost,
                           .on_started = pool_on_started, .on_unsent = pool_on_unsent};
     int procs = cfg->pool == CEL_POOL_SOLO ? 0 : cfg->concurrency;
+    cel_control_host host = {.ud = w, .hostname = cfg->hostname, .revoke = control_revoke,
+                             .reply = control_reply};
+    w->ctl = cel_control_new(&host);
     w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
     if (!w->pool) {
         cel_crit("%s", err);
@@ -924,6 +1038,14 @@ int cel_worker_main(cel_config *cfg)
             waitfd = nf;
             fds[nf++] = (struct pollfd){.fd = w->tr->ops->wait_fd(w->tr), .events = POLLIN};
         }
+        int ctlfd = -1;
+        if (w->tr->ops->control_fd && w->stop == RUNNING) {
+            int fd = w->tr->ops->control_fd(w->tr);
+            if (fd >= 0) {
+                ctlfd = nf;
+                fds[nf++] = (struct pollfd){.fd = fd, .events = POLLIN};
+            }
+        }
         int befd = -1;
         if (w->be && cel_backend_reply_fd(w->be) >= 0) {
             befd = nf;
@@ -962,6 +1084,10 @@ int cel_worker_main(cel_config *cfg)
              * or backend round trip. */
             dispatch(w);
         }
+        /* Remote control: a revoke must be seen before the next dispatch.
+         * Every turn: AMQP's requests arrive with the task frames. */
+        if (w->tr->ops->control_read && w->stop == RUNNING)
+            control_poll(w, pr > 0 && ctlfd >= 0 && fds[ctlfd].revents);
         if (cel_monotonic() >= w->next_restore) {
             if (w->stop == RUNNING)
                 w->tr->ops->restore_visible(w->tr);
@@ -1006,6 +1132,7 @@ out:
         drop_req(w, w->reqs[0]);
     free(w->reqs);
     free(w->buckets);
+    cel_control_free(w->ctl);
     cel_backend_close(w->be);
     if (w->tr)
         w->tr->ops->close(w->tr);

@@ -1,0 +1,274 @@
+/* control.c — remote control (pidbox), as a Celery 5.2 worker answers it.
+ *
+ * A request is a kombu message on the fanout exchange `celery.pidbox`:
+ * body {"method", "arguments", "destination", "pattern", "matcher",
+ * "ticket", "reply_to": {"exchange", "routing_key"}}, header `clock`.  A
+ * worker acts when `destination` is null or names it (a `pattern` is matched
+ * with fnmatch for `glob`), and replies only when a ticket and reply_to came,
+ * with {nodename: payload} and headers ticket/clock (shared/docs/
+ * celery-wire-contract.md §6).
+ *
+ * Commands so far: ping, revoke (with terminate and signal), terminate,
+ * revoked, clock; anything else gets Celery's {"error": "KeyError('<m>')"}.
+ *
+ * Why a module of its own: the transports only carry envelopes in and
+ * replies out; what a command means lives here, and what it changes in the
+ * worker goes through cel_control_host callbacks.
+ */
+#include "control/control.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "core/message.h"
+
+#include <fnmatch.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REVOKES_MAX 50000
+#define REVOKE_EXPIRES 10800.0 /* seconds, Celery's REVOKE_EXPIRES */
+
+typedef struct revoked_id {
+    char *id;
+    double at; /* monotonic */
+} revoked_id;
+
+struct cel_control {
+    cel_control_host host;
+    long long clock;
+    revoked_id *revoked; /* oldest first */
+    size_t nrevoked, caprevoked;
+};
+
+cel_control *cel_control_new(const cel_control_host *host)
+{
+    cel_control *c = calloc(1, sizeof *c);
+    if (c)
+        c->host = *host;
+    return c;
+}
+
+void cel_control_free(cel_control *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->nrevoked; i++)
+        free(c->revoked[i].id);
+    free(c->revoked);
+    free(c);
+}
+
+long long cel_control_clock(const cel_control *c) { return c->clock; }
+
+static void expire_revoked(cel_control *c)
+{
+    double now = cel_monotonic();
+    size_t drop = 0;
+    while (drop < c->nrevoked &&
+           (c->nrevoked - drop > REVOKES_MAX || now - c->revoked[drop].at > REVOKE_EXPIRES))
+        free(c->revoked[drop++].id);
+    if (drop) {
+        memmove(c->revoked, c->revoked + drop, (c->nrevoked - drop) * sizeof *c->revoked);
+        c->nrevoked -= drop;
+    }
+}
+
+bool cel_control_is_revoked(cel_control *c, const char *task_id)
+{
+    if (!c || !task_id || !c->nrevoked)
+        return false;
+    expire_revoked(c);
+    for (size_t i = c->nrevoked; i-- > 0;)
+        if (!strcmp(c->revoked[i].id, task_id))
+            return true;
+    return false;
+}
+
+static void add_revoked(cel_control *c, const char *id)
+{
+    for (size_t i = 0; i < c->nrevoked; i++)
+        if (!strcmp(c->revoked[i].id, id)) {
+            c->revoked[i].at = cel_monotonic();
+            return;
+        }
+    if (cel_grow(&c->revoked, &c->caprevoked, c->nrevoked, sizeof *c->revoked, 64) < 0)
+        return;
+    char *dup = strdup(id);
+    if (!dup)
+        return;
+    c->revoked[c->nrevoked++] = (revoked_id){dup, cel_monotonic()};
+    expire_revoked(c);
+}
+
+/* "SIGTERM", "TERM", 15 or null -> a signal number (default SIGTERM). */
+static int signal_number(const json_t *v)
+{
+    if (json_is_integer(v))
+        return (int)json_integer_value(v);
+    const char *s = json_string_value(v);
+    if (!s)
+        return SIGTERM;
+    if (!strncmp(s, "SIG", 3))
+        s += 3;
+    for (int n = 1; n < NSIG; n++) {
+        const char *name = sigabbrev_np(n);
+        if (name && !strcmp(name, s))
+            return n;
+    }
+    return -1;
+}
+
+/* revoke / terminate: task_id is a string or a list of strings. */
+static json_t *cmd_revoke(cel_control *c, const json_t *args, bool terminate)
+{
+    const json_t *ids = json_object_get(args, "task_id");
+    size_t n = json_is_array(ids) ? json_array_size(ids) : json_is_string(ids) ? 1 : 0;
+    const char **list = calloc(n ? n : 1, sizeof *list);
+    if (!list)
+        return json_pack("{s:s}", "error", "MemoryError()");
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = json_is_array(ids) ? json_string_value(json_array_get(ids, i))
+                                           : json_string_value(ids);
+        if (s && *s)
+            list[k++] = s;
+    }
+    if (json_is_true(json_object_get(args, "terminate")))
+        terminate = true;
+    int signum = signal_number(json_object_get(args, "signal"));
+    if (signum < 0) {
+        free(list);
+        return json_pack("{s:s}", "error", "ValueError('unknown signal')");
+    }
+    for (size_t i = 0; i < k; i++)
+        add_revoked(c, list[i]);
+    int hit = c->host.revoke(c->host.ud, list, k, terminate, signum);
+    /* Celery's replies: "tasks a, b flagged as revoked"; with terminate
+     * "terminate: a, b" (those running) or "terminate: tasks unknown". */
+    size_t need = 64;
+    for (size_t i = 0; i < k; i++)
+        need += strlen(list[i]) + 2;
+    char *msg = malloc(need);
+    json_t *out = NULL;
+    if (msg) {
+        if (terminate && hit == 0) {
+            snprintf(msg, need, "terminate: tasks unknown");
+        } else {
+            strcpy(msg, terminate ? "terminate: " : "tasks ");
+            for (size_t i = 0; i < k; i++) {
+                if (i)
+                    strcat(msg, ", ");
+                strcat(msg, list[i]);
+            }
+            if (!terminate)
+                strcat(msg, " flagged as revoked");
+        }
+        cel_info("%s", terminate ? msg : msg);
+        out = json_pack("{s:s}", "ok", msg);
+    }
+    free(msg);
+    free(list);
+    return out;
+}
+
+static json_t *cmd_revoked(cel_control *c)
+{
+    expire_revoked(c);
+    json_t *a = json_array();
+    for (size_t i = 0; i < c->nrevoked; i++)
+        json_array_append_new(a, json_string(c->revoked[i].id));
+    return a;
+}
+
+/* Does the request name this worker? */
+static bool for_me(cel_control *c, const json_t *req)
+{
+    const json_t *dest = json_object_get(req, "destination");
+    if (json_is_array(dest)) {
+        size_t i;
+        const json_t *d;
+        json_array_foreach(dest, i, d) {
+            if (json_is_string(d) && !strcmp(json_string_value(d), c->host.hostname))
+                return true;
+        }
+        return false;
+    }
+    const char *pattern = json_string_value(json_object_get(req, "pattern"));
+    if (pattern) {
+        const char *matcher = json_string_value(json_object_get(req, "matcher"));
+        if (matcher && strcmp(matcher, "glob") != 0) {
+            cel_warn("remote control: matcher '%s' is not supported; request ignored", matcher);
+            return false;
+        }
+        return fnmatch(pattern, c->host.hostname, 0) == 0;
+    }
+    return true;
+}
+
+void cel_control_handle(cel_control *c, const char *envelope, size_t len)
+{
+    json_error_t jerr;
+    json_t *env = json_loadb(envelope, len, 0, &jerr);
+    json_t *req = NULL;
+    const char *b64 = json_string_value(json_object_get(env, "body"));
+    if (b64) {
+        size_t blen = 0;
+        char *body = cel_b64_decode(b64, strlen(b64), &blen);
+        if (body)
+            req = json_loadb(body, blen, 0, &jerr);
+        free(body);
+    }
+    const char *method = json_string_value(json_object_get(req, "method"));
+    if (!method) {
+        cel_error("remote control: malformed request dropped");
+        goto out;
+    }
+    /* Lamport clock: max(local, remote) + 1 on every message received. */
+    const json_t *rc = json_object_get(json_object_get(env, "headers"), "clock");
+    long long remote = json_is_integer(rc) ? json_integer_value(rc) : 0;
+    c->clock = (remote > c->clock ? remote : c->clock) + 1;
+    if (!for_me(c, req))
+        goto out;
+    const json_t *args = json_object_get(req, "arguments");
+    cel_debug("remote control: %s", method);
+    json_t *payload;
+    bool reply = true;
+    if (!strcmp(method, "ping")) {
+        payload = json_pack("{s:s}", "ok", "pong");
+    } else if (!strcmp(method, "revoke")) {
+        payload = cmd_revoke(c, args, false);
+    } else if (!strcmp(method, "terminate")) {
+        payload = cmd_revoke(c, args, true);
+    } else if (!strcmp(method, "revoked")) {
+        payload = cmd_revoked(c);
+    } else if (!strcmp(method, "clock")) {
+        payload = json_pack("{s:I}", "clock", (json_int_t)c->clock);
+    } else if (!strcmp(method, "election")) {
+        payload = NULL; /* Python gossip; a forged one crashed the Python worker */
+        reply = false;
+    } else {
+        char err[300];
+        snprintf(err, sizeof err, "KeyError('%.200s')", method);
+        payload = json_pack("{s:s}", "error", err);
+    }
+    const char *ticket = json_string_value(json_object_get(req, "ticket"));
+    const json_t *rt = json_object_get(req, "reply_to");
+    const char *rex = json_string_value(json_object_get(rt, "exchange"));
+    const char *rrk = json_string_value(json_object_get(rt, "routing_key"));
+    if (reply && ticket && rex && rrk) {
+        json_t *body = json_object();
+        json_object_set(body, c->host.hostname, payload ? payload : json_null());
+        size_t blen = 0;
+        char *text = cel_json_dumps_py(body, &blen);
+        c->clock++;
+        if (!text || c->host.reply(c->host.ud, rex, rrk, ticket, c->clock, text, blen) < 0)
+            cel_error("remote control: the reply to %s could not be sent", method);
+        free(text);
+        json_decref(body);
+    }
+    json_decref(payload);
+out:
+    json_decref(req);
+    json_decref(env);
+}
