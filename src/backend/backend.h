@@ -53,6 +53,19 @@ typedef struct cel_backend_ops {
      * readable). */
     int (*recv)(cel_backend *b);
     void (*close)(cel_backend *b);
+    /* Chords (Redis only; NULL elsewhere), Celery's RedisBackend
+     * on_chord_part_return: stores the queued records first, then adds
+     * `entry` (the encoded [1, task_id, state, result]) to the sorted set
+     * celery-taskset-meta-<group_id>.j with score `score` (group_index or
+     * "+inf"), reads .t and .s and refreshes their expiry, atomically.  When
+     * the set holds .s + .t entries, *entries is set to them in order (a new
+     * array of strings) and *saved to whether the header's GroupResult was
+     * saved (a complex header); otherwise *entries is NULL.  0, or -1 when
+     * the backend could not be reached. */
+    int (*chord_join)(cel_backend *b, const char *group_id, const char *entry,
+                      const char *score, json_t **entries, bool *saved);
+    /* Deletes the chord's .j, .t and .s keys. */
+    int (*chord_clear)(cel_backend *b, const char *group_id);
 } cel_backend_ops;
 
 struct cel_backend {

@@ -36,6 +36,25 @@ static const char STORE_LUA[] =
     "end\n"
     "return #KEYS\n";
 
+/* Celery's on_chord_part_return, its first pipeline (ZADD, ZCOUNT, GET .t,
+ * GET .s, EXPIRE x3) as one script, plus the ZRANGE it does when the count
+ * is complete.  KEYS: .j, .t, .s, the group's GroupResult key; ARGV: entry,
+ * score, ttl.  Returns {0} (not complete) or {1, saved, entries}. */
+static const char CHORD_LUA[] =
+    "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])\n"
+    "local n = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')\n"
+    "local t = redis.call('GET', KEYS[2])\n"
+    "local s = redis.call('GET', KEYS[3])\n"
+    "local ttl = tonumber(ARGV[3])\n"
+    "if ttl and ttl > 0 then\n"
+    "  redis.call('EXPIRE', KEYS[1], ttl)\n"
+    "  redis.call('EXPIRE', KEYS[2], ttl)\n"
+    "  redis.call('EXPIRE', KEYS[3], ttl)\n"
+    "end\n"
+    "if not s then return {0} end\n"
+    "if n ~= tonumber(s) + (tonumber(t) or 0) then return {0} end\n"
+    "return {1, redis.call('EXISTS', KEYS[4]), redis.call('ZRANGE', KEYS[1], 0, -1)}\n";
+
 /* Results kept in memory while the backend is unreachable, at most. */
 #define MAX_QUEUED 100000
 
@@ -48,6 +67,7 @@ typedef struct redis_backend {
     cel_url url;
     redisContext *c;
     cel_rscript store;
+    cel_rscript chord;
     pending *q;
     size_t n, cap;
     size_t inflight;    /* q[0..inflight) sent, reply not read yet */
@@ -238,8 +258,73 @@ static void rb_close(cel_backend *base)
     free(b);
 }
 
-static const cel_backend_ops redis_ops = {rb_store_raw, rb_flush, rb_send, rb_reply_fd, rb_recv,
-                                          rb_close};
+/* Synchronous: a chord part costs the loop one round trip after the flush
+ * (header tasks only). */
+static int rb_chord_join(cel_backend *base, const char *group_id, const char *entry,
+                         const char *score, json_t **entries, bool *saved)
+{
+    redis_backend *b = (redis_backend *)base;
+    *entries = NULL;
+    *saved = false;
+    /* Celery stores the task's own result before the chord part. */
+    if (rb_flush(base) < 0 || ensure_conn(b) < 0)
+        return -1;
+    char *keys[4] = {NULL, NULL, NULL, NULL};
+    static const char *const sfx[3] = {".j", ".t", ".s"};
+    int ok = 1;
+    for (int i = 0; i < 4; i++)
+        if (asprintf(&keys[i], "celery-taskset-meta-%s%s", group_id, i < 3 ? sfx[i] : "") < 0) {
+            keys[i] = NULL;
+            ok = 0;
+        }
+    redisReply *r = NULL;
+    if (ok) {
+        const char *argv[7] = {keys[0], keys[1], keys[2], keys[3], entry, score, b->ttl};
+        r = cel_rscript_call(b->c, &b->chord, 4, 7, argv, NULL);
+    }
+    for (int i = 0; i < 4; i++)
+        free(keys[i]);
+    if (!r) {
+        outage(b, b->c && b->c->err ? b->c->errstr : "chord join failed");
+        return -1;
+    }
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ERROR) {
+        cel_error("result backend: chord join for %s failed: %s", group_id, r->str);
+        rc = -1;
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+               r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer == 1 &&
+               r->element[2]->type == REDIS_REPLY_ARRAY) {
+        *saved = r->element[1]->type == REDIS_REPLY_INTEGER && r->element[1]->integer != 0;
+        json_t *a = json_array();
+        for (size_t i = 0; i < r->element[2]->elements; i++) {
+            const redisReply *e = r->element[2]->element[i];
+            if (e->type == REDIS_REPLY_STRING)
+                json_array_append_new(a, json_stringn(e->str, e->len));
+        }
+        *entries = a;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static int rb_chord_clear(cel_backend *base, const char *group_id)
+{
+    redis_backend *b = (redis_backend *)base;
+    if (ensure_conn(b) < 0)
+        return -1;
+    redisReply *r = redisCommand(b->c, "DEL celery-taskset-meta-%s.j celery-taskset-meta-%s.t "
+                                       "celery-taskset-meta-%s.s",
+                                 group_id, group_id, group_id);
+    if (!r)
+        return -1;
+    freeReplyObject(r);
+    return 0;
+}
+
+static const cel_backend_ops redis_ops = {rb_store_raw, rb_flush,      rb_send,
+                                          rb_reply_fd,  rb_recv,       rb_close,
+                                          rb_chord_join, rb_chord_clear};
 
 cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,
                                     size_t errlen)
@@ -252,6 +337,7 @@ cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, cha
     b->base.expires = cfg->result_expires;
     snprintf(b->ttl, sizeof b->ttl, "%lld", (long long)cfg->result_expires);
     b->store.source = STORE_LUA;
+    b->chord.source = CHORD_LUA;
     /* Take over the parsed URL's strings. */
     b->url = *u;
     b->url.host = u->host ? strdup(u->host) : NULL;

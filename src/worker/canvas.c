@@ -197,3 +197,9 @@ void cel_canvas_on_failure(const cel_message *m, cel_canvas_send_fn send, void *
     apply_group(m, ebs, prepend, NULL, send, ud);
     json_decref(prepend);
 }
+
+char *cel_canvas_apply(const cel_message *m, const json_t *sig, const json_t *prepend,
+                       cel_canvas_send_fn send, void *ud)
+{
+    return apply_signature(m, sig, prepend, NULL, NULL, 0, send, ud);
+}

@@ -8,6 +8,7 @@
  */
 #include "worker/exec.h"
 #include "worker/canvas.h"
+#include "worker/chord.h"
 #include "backend/backend.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -128,6 +129,18 @@ static void canvas_send(void *ud, const char *queue, int priority, const char *e
     memcpy(buf + hl, env, len);
     t->state_cb(t->state_ud, CEL_NOTE_PUBLISH, buf, (size_t)hl + len);
     free(buf);
+}
+
+/* A chord header task is over: the parent joins the chord after storing
+ * the outcome (worker/chord.c). */
+static void chord_note(const cel_message *m, const char *state, const json_t *result,
+                       cel_state_cb cb, void *ud)
+{
+    size_t len = 0;
+    char *part = cb ? cel_chord_part(m, state, result, m, &len) : NULL;
+    if (part)
+        cb(ud, CEL_NOTE_CHORD, part, len);
+    free(part);
 }
 
 /* "ValueError('kaboom')", as Python's repr of the exception. */
@@ -394,6 +407,7 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
         if (store)
             out->meta = exec_record(env, m, "SUCCESS", t.result, NULL, children, &out->meta_len);
         json_decref(children);
+        chord_note(m, "SUCCESS", t.result, state_cb, ud);
     } else if (t.status == CEL_TASK_RETRY) {
         out->status = CEL_OUT_RETRY;
         out->countdown = t.countdown;
@@ -432,6 +446,7 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
         /* Celery's store_errors_even_if_ignored defaults to False. */
         if (store)
             out->meta = cel_exec_record(env, m, "FAILURE", exc, tb, &out->meta_len);
+        chord_note(m, "FAILURE", exc, state_cb, ud);
         json_decref(exc);
         free(tb);
     }
