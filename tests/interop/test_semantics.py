@@ -257,3 +257,42 @@ def test_autoretry(start_worker, kind, celery_app, redis_server, differential, f
     shape = [_normalise_ids({k: v for k, v in retry_meta.items() if k != "date_done"}, r.id),
              _normalise_ids({k: v for k, v in final.items() if k != "date_done"}, r.id)]
     differential.check(kind, "autoretry-%d" % fail_times, shape)
+
+
+# --------------------------------------------------------------------------
+# ETA edge cases
+
+
+@pytest.mark.parametrize("case", ["countdown-0", "eta-in-the-past", "countdown-1"])
+def test_eta_edges(start_worker, kind, celery_app, differential, case):
+    """countdown=0 and an ETA in the past run at once; countdown=1 waits about
+    a second, and the value is the same on both workers."""
+    start_worker(kind)
+    opts = {"countdown-0": {"countdown": 0},
+            "eta-in-the-past": {"eta": datetime.datetime.now(datetime.timezone.utc)
+                                - datetime.timedelta(seconds=30)},
+            "countdown-1": {"countdown": 1}}[case]
+    t0 = time.monotonic()
+    r = send(celery_app, "apply_async", "examples.add", [20, 22], **opts)
+    assert r.get(timeout=GET_TIMEOUT) == 42
+    took = time.monotonic() - t0
+    if case == "countdown-1":
+        assert took >= 0.9, "ran %.2fs after sending, before its ETA" % took
+    else:
+        assert took < scaled(5)
+    differential.check(kind, "eta-" + case, 42)
+
+
+@pytest.mark.redis_backend
+@pytest.mark.redis_broker  # on AMQP Celery sets the `expiration` property: RabbitMQ drops it
+def test_expires_before_eta(start_worker, kind, celery_app, redis_server, differential):
+    """expires earlier than the ETA: held until due, then discarded as expired
+    (REVOKED, TaskRevokedError('expired')), never run."""
+    start_worker(kind)
+    r = send(celery_app, "apply_async", "examples.add", [1, 1], countdown=2, expires=1)
+    wait_until(lambda: (stored_meta(redis_server, r.id) or {}).get("status") == "REVOKED",
+               scaled(15), what="REVOKED")
+    meta = stored_meta(redis_server, r.id)
+    shape = [meta["status"], meta["result"]]
+    assert shape[1]["exc_type"] == "TaskRevokedError"
+    differential.check(kind, "expires-before-eta", shape)
