@@ -70,6 +70,9 @@ typedef struct cel_task_options {
      * instead of failing with WorkerLostError (Celery's
      * reject_on_worker_lost; a task that always crashes then loops). */
     cel_option reject_on_worker_lost;
+    /* With ignore_result: still store failures (and revocations, time
+     * limits, lost processes), as Celery's store_errors_even_if_ignored. */
+    cel_option store_errors_even_if_ignored;
     /* Seconds; 0 = the worker's --time-limit / --soft-time-limit.  A limit in
      * the message (apply_async(time_limit=..., soft_time_limit=...)) wins,
      * as in Celery.  Hard: the pool process is killed and the task fails

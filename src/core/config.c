@@ -810,6 +810,7 @@ BOOL_SETTER(set_task_track_started, task_track_started)
 BOOL_SETTER(set_task_reject_on_worker_lost, task_reject_on_worker_lost)
 BOOL_SETTER(set_task_acks_on_failure_or_timeout, task_acks_on_failure_or_timeout)
 BOOL_SETTER(set_worker_disable_rate_limits, worker_disable_rate_limits)
+BOOL_SETTER(set_task_store_errors_even_if_ignored, task_store_errors_even_if_ignored)
 BOOL_SETTER(set_task_ignore_result, task_ignore_result)
 BOOL_SETTER(set_result_extended, result_extended)
 BOOL_SETTER(set_broker_connection_retry, broker_connection_retry)
@@ -1098,6 +1099,7 @@ static const struct {
     {"task_reject_on_worker_lost", set_task_reject_on_worker_lost},
     {"task_acks_on_failure_or_timeout", set_task_acks_on_failure_or_timeout},
     {"worker_disable_rate_limits", set_worker_disable_rate_limits},
+    {"task_store_errors_even_if_ignored", set_task_store_errors_even_if_ignored},
     {"task_time_limit", set_task_time_limit},
     {"task_soft_time_limit", set_task_soft_time_limit},
     {"task_ignore_result", set_task_ignore_result},

@@ -90,6 +90,7 @@ typedef struct cel_config {
     double task_soft_time_limit;    /* --soft-time-limit / task_soft_time_limit; 0 = none */
     bool task_acks_on_failure_or_timeout; /* default true; with acks_late */
     bool worker_disable_rate_limits;      /* default false */
+    bool task_store_errors_even_if_ignored; /* default false */
     double visibility_timeout;      /* broker_transport_options.visibility_timeout; default 3600 */
     char *broker_transport_options; /* raw JSON text, may be NULL */
     cel_tls broker_use_ssl;         /* broker_use_ssl; amqps:// turns it on too */

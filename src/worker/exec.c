@@ -386,9 +386,16 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
     }
     out->runtime = cel_monotonic() - t0;
 
-    bool ignore = m->ignore_result || cel_option_on(def ? def->opts.ignore_result : 0,
-                                                    env->ignore_result);
-    bool store = env->store_results && !ignore;
+    /* Celery: a success is stored unless the task or the message says
+     * ignore_result; failures and retries unless the *task* does (the
+     * message's ignore_result does not stop them), or even then with
+     * store_errors_even_if_ignored. */
+    bool task_ignore = cel_option_on(def ? def->opts.ignore_result : 0, env->ignore_result);
+    bool store = env->store_results && !task_ignore && !m->ignore_result;
+    bool store_err = env->store_results &&
+                     (!task_ignore ||
+                      cel_option_on(def ? def->opts.store_errors_even_if_ignored : 0,
+                                    env->store_errors_even_if_ignored));
     if (t.status == CEL_TASK_SUCCESS) {
         out->status = CEL_OUT_SUCCESS;
         if (cel_log_get_level() <= CEL_LOG_INFO) {
@@ -428,7 +435,7 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
         char *tb = make_traceback(m->task, "celery.exceptions", "Retry", rargs);
         json_decref(rargs);
         json_t *children = json_pack("[[[s, n], n]]", m->id);
-        if (store)
+        if (store_err)
             out->meta = exec_record(env, m, "RETRY", t.retry_exc, tb, children, &out->meta_len);
         json_decref(children);
         free(tb);
@@ -440,11 +447,10 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
                   tb ? tb : "");
         free(rep);
         json_t *exc = cel_exc_dict(t.exc_module, t.exc_type, json_incref(t.exc_args));
-        if (store)
+        if (store_err)
             fail_chain(env, m, exc, tb, &t);
         cel_canvas_on_failure(m, canvas_send, &t);
-        /* Celery's store_errors_even_if_ignored defaults to False. */
-        if (store)
+        if (store_err)
             out->meta = cel_exec_record(env, m, "FAILURE", exc, tb, &out->meta_len);
         chord_note(m, "FAILURE", exc, state_cb, ud);
         json_decref(exc);

@@ -23,6 +23,7 @@ typedef struct cel_exec_env {
     bool extended;       /* result_extended */
     bool for_rpc;        /* rpc:// record shape */
     bool ignore_result;  /* task_ignore_result */
+    bool store_errors_even_if_ignored; /* task_store_errors_even_if_ignored */
 } cel_exec_env;
 
 typedef enum cel_outcome_status {

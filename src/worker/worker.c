@@ -54,6 +54,7 @@ typedef struct request {
     cel_delivery d;       /* raw envelope, for restore */
     const cel_task_def *def;
     bool acks_late, track_started, ignore_result, reject_on_worker_lost;
+    bool store_errors; /* failures stored: !ignore_result or store_errors_even_if_ignored */
     bool acked;
     double time_start;    /* monotonic */
     double soft_limit, hard_limit; /* seconds from the start; 0 = none */
@@ -412,7 +413,7 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
     json_t *exc = cel_exc_dict("billiard.exceptions", "WorkerLostError", json_pack("[s]", msg));
     cel_error("Task %s[%s] raised unexpected: WorkerLostError('%s')", r->msg.task, r->msg.id,
               msg);
-    if (!r->ignore_result)
+    if (r->store_errors)
         store(w, &r->msg, "FAILURE", exc, tb);
     chord_parent(w, r, "FAILURE", exc);
     json_decref(exc);
@@ -502,6 +503,10 @@ static void receive(worker *w, cel_delivery *d)
                                              w->cfg->task_reject_on_worker_lost);
     r->ignore_result = m->ignore_result ||
                        cel_option_on(o->ignore_result, w->cfg->task_ignore_result);
+    /* Celery's Request.store_errors: the task's ignore_result only. */
+    r->store_errors = !cel_option_on(o->ignore_result, w->cfg->task_ignore_result) ||
+                      cel_option_on(o->store_errors_even_if_ignored,
+                                    w->cfg->task_store_errors_even_if_ignored);
     r->job = ++w->next_job;
     r->state = REQ_RESERVED;
     /* An already expired task is revoked by dispatch(), in this same turn. */
@@ -562,7 +567,7 @@ static double enforce_time_limits(worker *w)
             json_t *args = json_array();
             json_array_append_new(args, lim);
             json_t *exc = cel_exc_dict("billiard.exceptions", "TimeLimitExceeded", args);
-            if (!r->ignore_result)
+            if (r->store_errors)
                 store(w, &r->msg, "FAILURE", exc, NULL);
             chord_parent(w, r, "FAILURE", exc);
             json_decref(exc);
@@ -648,7 +653,7 @@ static int control_revoke(void *ud, const char *const *ids, size_t n, bool termi
         hit++;
         json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
                                    json_pack("[s]", "terminated"));
-        if (!r->ignore_result)
+        if (r->store_errors)
             store(w, &r->msg, "REVOKED", exc, NULL);
         chord_parent(w, r, "REVOKED", exc);
         json_decref(exc);
@@ -697,7 +702,7 @@ static double dispatch(worker *w)
             json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
                                        json_pack("[s]", "revoked"));
             cel_info("Discarding revoked task: %s[%s]", r->msg.task, r->msg.id);
-            if (!r->ignore_result)
+            if (r->store_errors)
                 store(w, &r->msg, "REVOKED", exc, NULL);
             chord_parent(w, r, "REVOKED", exc);
             json_decref(exc);
@@ -709,7 +714,7 @@ static double dispatch(worker *w)
             json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
                                    json_pack("[s]", "expired"));
             cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
-            if (!r->ignore_result)
+            if (r->store_errors)
                 store(w, &r->msg, "REVOKED", exc, NULL);
             chord_parent(w, r, "REVOKED", exc);
             json_decref(exc);
@@ -912,7 +917,9 @@ int cel_worker_main(cel_config *cfg)
     w->env = (cel_exec_env){.reg = w->reg, .hostname = cfg->hostname,
                             .store_results = w->be != NULL, .extended = cfg->result_extended,
                             .for_rpc = w->be && w->be->for_rpc,
-                            .ignore_result = cfg->task_ignore_result};
+                            .ignore_result = cfg->task_ignore_result,
+                            .store_errors_even_if_ignored =
+                                cfg->task_store_errors_even_if_ignored};
     cel_pool_events ev = {.on_outcome = pool_on_outcome, .on_state = pool_on_state,
                           .on_publish = pool_on_publish, .on_store = pool_on_store,
                           .on_chord = pool_on_chord,

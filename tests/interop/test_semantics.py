@@ -296,3 +296,27 @@ def test_expires_before_eta(start_worker, kind, celery_app, redis_server, differ
     shape = [meta["status"], meta["result"]]
     assert shape[1]["exc_type"] == "TaskRevokedError"
     differential.check(kind, "expires-before-eta", shape)
+
+
+@pytest.mark.redis_backend
+@pytest.mark.parametrize("case", ["message-ignore", "task-ignore", "task-ignore-store-errors"])
+def test_failures_and_ignore_result(start_worker, kind, celery_app, redis_server,
+                                    differential, case):
+    """Celery stores a failure unless the *task* ignores results (here the
+    worker's task_ignore_result) — the message's ignore_result=True does not
+    stop it — and even then with task_store_errors_even_if_ignored."""
+    env = {"CELERY_TASK_IGNORE_RESULT": "0" if case == "message-ignore" else "1",
+           "CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED":
+               "1" if case == "task-ignore-store-errors" else "0"}
+    start_worker(kind, concurrency=1, env=env)
+    failed = send(celery_app, "apply_async", "examples.fail", ["ignored"],
+                  ignore_result=(case == "message-ignore"))
+    if case == "task-ignore":
+        time.sleep(scaled(2))  # nothing will be stored: give it time to run
+        meta = stored_meta(redis_server, failed.id)
+    else:
+        meta = wait_until(lambda: stored_meta(redis_server, failed.id), scaled(15),
+                          what="the FAILURE record")
+    shape = None if meta is None else [meta["status"], meta["result"]["exc_type"]]
+    assert shape == (None if case == "task-ignore" else ["FAILURE", "ValueError"]), shape
+    differential.check(kind, "failure-ignore-" + case, shape)
