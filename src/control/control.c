@@ -59,7 +59,70 @@ void cel_control_free(cel_control *c)
     free(c);
 }
 
+static void expire_revoked(cel_control *c);
+
 long long cel_control_clock(const cel_control *c) { return c->clock; }
+
+int cel_control_load(cel_control *c, const char *path)
+{
+    json_error_t jerr;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0; /* first start */
+    json_t *st = json_loadf(f, 0, &jerr);
+    fclose(f);
+    const json_t *rev = json_object_get(st, "revoked");
+    if (!st || !json_is_array(rev)) {
+        cel_error("statedb %s: not a celeriac state file (%s); starting without it", path,
+                  st ? "no revoked list" : jerr.text);
+        json_decref(st);
+        return -1;
+    }
+    double now = cel_monotonic();
+    size_t i;
+    const json_t *e;
+    json_array_foreach(rev, i, e) {
+        const char *id = json_string_value(json_array_get(e, 0));
+        double age = json_number_value(json_array_get(e, 1));
+        if (!id || age < 0 || age >= REVOKE_EXPIRES)
+            continue;
+        if (cel_grow(&c->revoked, &c->caprevoked, c->nrevoked, sizeof *c->revoked, 64) < 0)
+            break;
+        char *dup = strdup(id);
+        if (!dup)
+            break;
+        c->revoked[c->nrevoked++] = (revoked_id){dup, now - age};
+    }
+    const json_t *clock = json_object_get(st, "clock");
+    if (json_is_integer(clock) && json_integer_value(clock) > c->clock)
+        c->clock = json_integer_value(clock);
+    json_decref(st);
+    expire_revoked(c);
+    if (c->nrevoked)
+        cel_info("statedb %s: %zu revoked task id(s) restored", path, c->nrevoked);
+    return 0;
+}
+
+int cel_control_save(cel_control *c, const char *path)
+{
+    expire_revoked(c);
+    double now = cel_monotonic();
+    json_t *rev = json_array();
+    for (size_t i = 0; i < c->nrevoked; i++)
+        json_array_append_new(rev, json_pack("[s, f]", c->revoked[i].id,
+                                             now - c->revoked[i].at));
+    json_t *st = json_pack("{s:o, s:I}", "revoked", rev, "clock", (json_int_t)c->clock);
+    char *tmp = NULL;
+    int rc = -1;
+    if (st && asprintf(&tmp, "%s.tmp", path) >= 0 &&
+        json_dump_file(st, tmp, JSON_COMPACT) == 0 && rename(tmp, path) == 0)
+        rc = 0;
+    else
+        cel_error("statedb %s: could not be written", path);
+    free(tmp);
+    json_decref(st);
+    return rc;
+}
 
 static void expire_revoked(cel_control *c)
 {

@@ -37,6 +37,13 @@ void cel_control_handle(cel_control *c, const char *envelope, size_t len);
  * 3 h each). */
 bool cel_control_is_revoked(cel_control *c, const char *task_id);
 
+/* --statedb: the revoked ids (with their remaining lifetime) and the clock,
+ * in celeriac's own JSON file (Celery's is a Python shelve).  load: 0, or
+ * -1 with a logged reason (a missing file is 0).  save: written to
+ * PATH.tmp, then renamed. */
+int cel_control_load(cel_control *c, const char *path);
+int cel_control_save(cel_control *c, const char *path);
+
 /* The Lamport clock, advanced on every request received and reply sent. */
 long long cel_control_clock(const cel_control *c);
 

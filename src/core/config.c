@@ -730,6 +730,7 @@ void cel_config_free(cel_config *c)
     cel_strv_free(c->queues);
     free(c->hostname);
     free(c->logfile);
+    free(c->state_db);
     free(c->broker_transport_options);
     tls_free(&c->broker_use_ssl);
     free(c->task_default_queue);
@@ -1027,6 +1028,19 @@ static int set_pool(cel_config *c, const char *name, const char *value, char *er
     return rc;
 }
 
+static int set_state_db(cel_config *c, const char *name, const char *value, char *err,
+                        size_t errlen)
+{
+    char *t = trimmed_copy(value);
+    if (t && (!*t || is_none(t))) {
+        free(t);
+        t = NULL;
+    }
+    free(c->state_db);
+    c->state_db = t;
+    return 0;
+}
+
 static int set_logfile(cel_config *c, const char *name, const char *value, char *err,
                        size_t errlen)
 {
@@ -1099,6 +1113,7 @@ static const struct {
     {"task_reject_on_worker_lost", set_task_reject_on_worker_lost},
     {"task_acks_on_failure_or_timeout", set_task_acks_on_failure_or_timeout},
     {"worker_disable_rate_limits", set_worker_disable_rate_limits},
+    {"worker_state_db", set_state_db},
     {"task_store_errors_even_if_ignored", set_task_store_errors_even_if_ignored},
     {"task_time_limit", set_task_time_limit},
     {"task_soft_time_limit", set_task_soft_time_limit},
@@ -1343,7 +1358,7 @@ enum opt_id {
     OPT_APP, OPT_BROKER, OPT_RESULT_BACKEND, OPT_QUEUES, OPT_CONCURRENCY, OPT_HOSTNAME,
     OPT_LOGLEVEL, OPT_LOGFILE, OPT_POOL, OPT_PREFETCH, OPT_EVENTS, OPT_NO_HEARTBEAT,
     OPT_NO_GOSSIP, OPT_NO_MINGLE, OPT_ACKS_LATE, OPT_ENV, OPT_ENV_FILE, OPT_HELP,
-    OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT,
+    OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT, OPT_STATEDB,
 };
 
 static const struct worker_option {
@@ -1364,6 +1379,7 @@ static const struct worker_option {
     {OPT_POOL, "pool", 'P', "POOL", "prefork (default) or solo"},
     {OPT_PREFETCH, "prefetch-multiplier", 0, "N", "messages to prefetch per process (default 4)"},
     {OPT_TIME_LIMIT, "time-limit", 0, "SECONDS", "hard time limit: the process is killed"},
+    {OPT_STATEDB, "statedb", 'S', "PATH", "keep revoked task ids in PATH across restarts"},
     {OPT_SOFT_TIME_LIMIT, "soft-time-limit", 0, "SECONDS",
      "soft time limit: the task is told and may clean up"},
     {OPT_EVENTS, "task-events", 'E', NULL, "send task events"},
@@ -1453,6 +1469,7 @@ static int apply_option(cel_config *c, struct cli_state *st, const struct worker
     case OPT_PREFETCH: return set_prefetch_multiplier(c, name, value, err, errlen);
     case OPT_TIME_LIMIT: return set_task_time_limit(c, name, value, err, errlen);
     case OPT_SOFT_TIME_LIMIT: return set_task_soft_time_limit(c, name, value, err, errlen);
+    case OPT_STATEDB: return set_state_db(c, name, value, err, errlen);
     case OPT_EVENTS: c->task_events = true; return 0;
     case OPT_NO_HEARTBEAT: c->without_heartbeat = true; return 0;
     case OPT_NO_GOSSIP: c->without_gossip = true; return 0;

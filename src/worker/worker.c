@@ -661,6 +661,9 @@ static int control_revoke(void *ud, const char *const *ids, size_t n, bool termi
         w->processed++;
         drop_req(w, r);
     }
+    /* --statedb: a revocation must survive a restart from now on. */
+    if (w->cfg->state_db)
+        cel_control_save(w->ctl, w->cfg->state_db);
     return hit;
 }
 
@@ -929,6 +932,8 @@ int cel_worker_main(cel_config *cfg)
     cel_control_host host = {.ud = w, .hostname = cfg->hostname, .revoke = control_revoke,
                              .reply = control_reply};
     w->ctl = cel_control_new(&host);
+    if (w->ctl && cfg->state_db)
+        cel_control_load(w->ctl, cfg->state_db);
     w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
     if (!w->pool) {
         cel_crit("%s", err);
@@ -1139,6 +1144,8 @@ out:
         drop_req(w, w->reqs[0]);
     free(w->reqs);
     free(w->buckets);
+    if (w->ctl && cfg->state_db)
+        cel_control_save(w->ctl, cfg->state_db);
     cel_control_free(w->ctl);
     cel_backend_close(w->be);
     if (w->tr)

@@ -98,3 +98,22 @@ def _celeriac_running(worker, task_id):
     # its log shows the start (the task takes 30 s, so a received line and a
     # second's wait are enough).
     return ("%s] received" % task_id) in worker.log_text(0) and (time.sleep(1.0) or True)
+
+
+@redis_backend
+def test_statedb_keeps_revoked_ids(start_worker, kind, celery_app, tmp_path):
+    """--statedb: an id revoked before a restart is still revoked after it."""
+    if kind == "python":
+        pytest.skip("Celery's statedb is a Python shelve; this checks celeriac's own file")
+    state = str(tmp_path / "state.json")
+    w = start_worker(kind, args=["--statedb", state])
+    _node(celery_app, w)
+    task_id = str(uuid.uuid4())
+    celery_app.app.control.revoke(task_id)
+    wait_until(lambda: task_id in open(state).read() if __import__("os").path.exists(state)
+               else False, scaled(10), what="the revoked id in the state file")
+    w.stop()
+    w2 = start_worker(kind, args=["--statedb", state])
+    _node(celery_app, w2)
+    r = send(celery_app, "apply_async", "examples.add", [2, 2], task_id=task_id)
+    wait_until(lambda: r.state == "REVOKED", scaled(15), what="REVOKED after the restart")
