@@ -246,6 +246,8 @@ typedef struct align {
     const cs_interp *ia, *ib;
     uint8_t has_g, has_s, swapped, only;
     uint8_t midgiven; /* a's or b's middle name stands in for its initial given name */
+    uint8_t gfix;     /* g is given (gsim), not looked up: a compound given name */
+    cs_sim gsim;
     uint64_t active; /* bit i: feature i is non-zero (for the reasons) */
     unsigned reasons;
 } align;
@@ -278,7 +280,7 @@ static void evaluate(ctx *c, align *al, double *f)
         memset(f, 0, F_COUNT * sizeof *f);
     SETF(F_BIAS, 1.0);
     if (ga != CS_NONE && gb != CS_NONE) {
-        cs_sim g = usim(c, ga, gb);
+        cs_sim g = al->gfix ? al->gsim : usim(c, ga, gb);
         al->g = g;
         al->has_g = 1;
         static const int gi[] = {0, F_G_CONFLICT, F_G_SIMILAR, F_G_EDIT2, F_G_TYPO2,
@@ -380,6 +382,7 @@ static void consider(ctx *c, align *best, uint8_t ga, uint8_t sa, uint8_t gb, ui
     t.swapped = (uint8_t)swapped;
     t.only = (uint8_t)only;
     t.midgiven = 0;
+    t.gfix = 0;
     evaluate(c, &t, NULL);
     if (t.logit > best->logit)
         *best = t;
@@ -406,6 +409,72 @@ static void consider_middle(ctx *c, align *best, uint8_t ga, uint8_t sa, uint8_t
     t.ia = t.ib = NULL;
     t.swapped = t.only = 0;
     t.midgiven = 1;
+    t.gfix = 0;
+    evaluate(c, &t, NULL);
+    if (t.logit > best->logit)
+        *best = t;
+}
+
+/* A compound given name keyed with or without its space: "MARY ANN" /
+ * "MARYANN", "LE ANNE" / "LEANNE", "RUTH ANN M" / "RUTHANN M". When x's
+ * given name and its first middle name are both full words, their
+ * concatenation is compared with y's given name: equal, or one typo (two
+ * for 7+ letters), which is the space plus the usual keying noise. The
+ * alignment then takes the concatenation as the given name and x's next
+ * middle name as its middle. Returns 0 when it does not apply. */
+static int compound_given(const cs_name *X, const cs_interp *ix, const cs_name *Y, uint8_t gy,
+                          cs_interp *out, cs_sim *g)
+{
+    if (ix->given == CS_NONE || gy == CS_NONE || !ix->mid_n)
+        return 0;
+    const cs_unit *u = &X->units[ix->given], *m = &X->units[ix->mid[0]], *v = &Y->units[gy];
+    if (u->n != 1 || m->n != 1 || v->n != 1 || m->first != u->first + 1)
+        return 0;
+    const cs_part *p = &X->parts[u->first], *q = &X->parts[m->first], *r = &Y->parts[v->first];
+    if ((p->flags | q->flags | r->flags) & CS_P_INITIAL)
+        return 0;
+    size_t lc = (size_t)p->len + q->len, lr = r->len;
+    if (lc > CS_MAX_METRIC_LEN || lr > CS_MAX_METRIC_LEN || lc > lr + 2 || lr > lc + 2)
+        return 0;
+    const char *t = Y->text + r->off;
+    if (t[0] != X->text[p->off])
+        return 0;
+    char buf[2 * CS_MAX_METRIC_LEN];
+    memcpy(buf, X->text + p->off, p->len);
+    memcpy(buf + p->len, X->text + q->off, q->len);
+    cs_sim s = {L_CONFLICT, 0, 0.0f};
+    if (lc == lr && !memcmp(buf, t, lc)) {
+        s.level = L_EXACT;
+        s.jw = 1.0f;
+    } else {
+        int d = cs_osa_scalar(buf, lc, t, lr);
+        size_t mn = lc < lr ? lc : lr;
+        if (d == 1 || (d == 2 && mn >= 7))
+            s.level = L_TYPO;
+        else
+            return 0;
+    }
+    *out = *ix;
+    out->mid_n = (uint8_t)(ix->mid_n - 1);
+    memmove(out->mid, ix->mid + 1, out->mid_n);
+    *g = s;
+    return 1;
+}
+
+static void consider_compound(ctx *c, align *best, const cs_interp *ia, const cs_interp *ib,
+                              cs_sim g)
+{
+    align t;
+    t.ga = ia->given;
+    t.sa = ia->surname;
+    t.gb = ib->given;
+    t.sb = ib->surname;
+    t.ia = ia;
+    t.ib = ib;
+    t.swapped = t.only = 0;
+    t.midgiven = 0;
+    t.gfix = 1;
+    t.gsim = g;
     evaluate(c, &t, NULL);
     if (t.logit > best->logit)
         *best = t;
@@ -415,8 +484,10 @@ static unsigned reasons_of(const align *al)
 {
     unsigned r = 0;
     if (al->has_g && al->has_s && al->g.level == L_EXACT && al->s.level == L_EXACT &&
-        !al->s.partial && !al->midgiven)
+        !al->s.partial && !al->midgiven && !al->gfix)
         r |= CEL_SCORE_R_EXACT;
+    if (al->gfix) /* a compound given name written with/without its space */
+        r |= CEL_SCORE_R_TYPO;
     if (al->has_g) {
         switch (al->g.level) {
         case L_NICK: r |= CEL_SCORE_R_NICKNAME; break;
@@ -471,6 +542,8 @@ static int best_alignment(const cs_name *A, const cs_name *B, align *best, doubl
         (B->flags & CS_N_NODATA))
         return 0;
     ctx c;
+    cs_interp cmp; /* a compound given name's reading (outlives best) */
+    cs_sim cg;
     c.a = A;
     c.b = B;
     c.done = 0;
@@ -509,6 +582,10 @@ static int best_alignment(const cs_name *A, const cs_name *B, align *best, doubl
             consider_middle(&c, best, pa->mid[0], pa->surname, pb->given, pb->surname);
         if (initial_unit(B, pb->given) && pb->mid_n && !initial_unit(B, pb->mid[0]))
             consider_middle(&c, best, pa->given, pa->surname, pb->mid[0], pb->surname);
+        if (compound_given(A, pa, B, pb->given, &cmp, &cg))
+            consider_compound(&c, best, &cmp, pb, cg);
+        else if (compound_given(B, pb, A, pa->given, &cmp, &cg))
+            consider_compound(&c, best, pa, &cmp, cg);
     }
     if (f)
         evaluate(&c, best, f);

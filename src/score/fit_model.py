@@ -170,7 +170,11 @@ def main():
     if a.dry_run:
         return
     digest = hashlib.sha1(open(a.pairs, "rb").read()).hexdigest()[:8]
-    version = "lr-%s-%s" % (datetime.date.today().isoformat(), digest)
+    # the weights' own digest too: two fits of the same data (say, after a
+    # feature change) must not share a version, since enrich stores it with each score
+    wdigest = hashlib.sha1(("%d %d " % (rpc, review) + " ".join("%.6f" % b for b in beta))
+                           .encode()).hexdigest()[:6]
+    version = "lr-%s-%s-%s" % (datetime.date.today().isoformat(), digest, wdigest)
     with open(a.out, "w") as f:
         f.write("/* model.h — the scorer's logistic-regression weights and default thresholds.\n"
                 " * Written by src/score/fit_model.py (train split of bench/data/pairs.tsv,\n"

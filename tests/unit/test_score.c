@@ -245,6 +245,7 @@ static void test_reasons(void **state)
     expect_class("Christopher Walker", "WALKER CHRISTOP", CEL_SCORE_RPC,
                  CEL_SCORE_R_TRUNCATED | CEL_SCORE_R_SWAPPED);
     expect_class("Katherine Johnson", "Kathrine Johnson", CEL_SCORE_RPC, CEL_SCORE_R_TYPO);
+    expect_class("Anna Marie Cole", "ANNAMARIE COLE", CEL_SCORE_RPC, CEL_SCORE_R_TYPO);
     expect_class("Mary Smith-Jones", "Mary Jones", CEL_SCORE_RPC, CEL_SCORE_R_PARTIAL_SURNAME);
     expect_class("J. Robert Smith", "Robert Smith", CEL_SCORE_RPC, CEL_SCORE_R_MIDDLE_NAME);
     expect_class("SMITH, H ROSS", "Ross Smith", CEL_SCORE_RPC, CEL_SCORE_R_MIDDLE_NAME);
@@ -305,6 +306,11 @@ static void test_regression(void **state)
         {"Patrick O'Brien", "PATRICK OBRIEN", CEL_SCORE_RPC},
         /* initials */
         {"J Smith", "John Smith", CEL_SCORE_RPC},
+        /* a compound given name with or without its space */
+        {"Ruth Ann Miller", "RUTHANN MILLER", CEL_SCORE_RPC},
+        {"Le Anne Brown", "Leanne Brown", CEL_SCORE_RPC},
+        {"COLE, ANNA MARIE", "Annamarie Cole", CEL_SCORE_RPC},
+        {"Ruth Ann K Miller", "RUTHAN K MILLER", CEL_SCORE_RPC},
         /* different people entirely */
         {"John Smith", "Wei Zhang", CEL_SCORE_WPC},
         {"Aage Cherry", "Angel Cherry", CEL_SCORE_REVIEW}, /* reviewed different; OSA 2 */
