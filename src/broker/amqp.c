@@ -59,6 +59,7 @@ typedef struct amqp_transport {
     size_t ndeclared;
     cel_aconn *a;   /* consuming connection */
     cel_aconn *pub; /* publishing connection (confirm mode), lazily */
+    cel_aconn *ev;  /* events: no confirms, as Celery's event dispatcher */
     unsigned gen;   /* connection generation, in every delivery tag */
     cel_delivery *pending;
     size_t npending, cappending;
@@ -620,6 +621,51 @@ static int declare_once(amqp_transport *t, const char *queue, char *err, size_t 
     return 0;
 }
 
+/* Events go to the `celeryev` topic exchange (durable, as Celery declares
+ * it) on a connection of their own without confirms: fire and forget, as
+ * Celery's dispatcher, so a burst of events never waits on the broker. */
+static int at_publish_event(cel_transport *base, const char *routing_key, const char *body,
+                            size_t len, const char *hostname)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    char err[512];
+    if (!t->ev) {
+        t->ev = cel_aconn_open(&t->url, t->tls, 0, false, CONNECT_TIMEOUT, err, sizeof err);
+        if (!t->ev)
+            return -1;
+        amqp_exchange_declare(t->ev->c, CEL_ACH, cel_abytes("celeryev"), cel_abytes("topic"), 0,
+                              1, 0, 0, amqp_empty_table);
+        if (check_reply(t->ev, "exchange.declare celeryev", err, sizeof err) < 0) {
+            cel_error("events: %s", err);
+            cel_aconn_abort(t->ev);
+            t->ev = NULL;
+            return -1;
+        }
+    }
+    amqp_table_entry_t h[1];
+    h[0].key = amqp_cstring_bytes("hostname");
+    h[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    h[0].value.value.bytes = cel_abytes(hostname);
+    amqp_basic_properties_t props = {0};
+    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
+                   AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+                   AMQP_BASIC_PRIORITY_FLAG;
+    props.content_type = cel_abytes("application/json");
+    props.content_encoding = cel_abytes("utf-8");
+    props.delivery_mode = 1;
+    props.priority = 0;
+    props.headers = (amqp_table_t){.num_entries = 1, .entries = h};
+    amqp_bytes_t b = {.len = len, .bytes = (void *)body};
+    int st = amqp_basic_publish(t->ev->c, CEL_ACH, cel_abytes("celeryev"),
+                                cel_abytes(routing_key), 0, 0, &props, b);
+    if (st != AMQP_STATUS_OK) {
+        cel_aconn_abort(t->ev);
+        t->ev = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 static int at_control_fd(cel_transport *base)
 {
     (void)base;
@@ -782,6 +828,7 @@ static void at_close(cel_transport *base)
     free(t->pending);
     cel_aconn_close(t->a);
     cel_aconn_close(t->pub);
+    cel_aconn_close(t->ev);
     for (int i = 0; i < t->nqueues; i++) {
         free(t->queues[i]);
         free(t->ctags[i]);
@@ -819,6 +866,7 @@ static const cel_transport_ops amqp_ops = {
     .control_fd = at_control_fd,
     .control_read = at_control_read,
     .control_reply = at_control_reply,
+    .publish_event = at_publish_event,
     .close = at_close,
 };
 

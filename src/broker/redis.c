@@ -779,6 +779,26 @@ static int rt_control_reply(cel_transport *base, const char *exchange, const cha
     return rc;
 }
 
+/* Events: PUBLISH on kombu's fanout channel "/{db}.celeryev/<rk>".  On
+ * the command connection, which also settles a pending reply first. */
+static int rt_publish_event(cel_transport *base, const char *routing_key, const char *body,
+                            size_t len, const char *hostname)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (reconnect_cmd(t) < 0)
+        return -1;
+    char *env = cel_message_build_event(routing_key, hostname, body, len);
+    if (!env)
+        return -1;
+    redisReply *r = redisCommand(t->cmd, "PUBLISH /%d.celeryev/%s %s", t->url.db, routing_key,
+                                 env);
+    free(env);
+    int rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
 static void rt_close(cel_transport *base)
 {
     redis_transport *t = (redis_transport *)base;
@@ -814,6 +834,7 @@ static const cel_transport_ops redis_ops = {
     .control_fd = rt_control_fd,
     .control_read = rt_control_read,
     .control_reply = rt_control_reply,
+    .publish_event = rt_publish_event,
     .close = rt_close,
 };
 

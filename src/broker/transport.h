@@ -76,6 +76,11 @@ typedef struct cel_transport_ops {
     int (*control_read)(cel_transport *t, cel_delivery *out, int max, bool readable);
     int (*control_reply)(cel_transport *t, const char *exchange, const char *routing_key,
                          const char *ticket, long long clock, const char *body, size_t len);
+    /* Monitoring events: publishes `body` (one event, JSON) to the
+     * `celeryev` exchange with `routing_key`, header hostname; fire and
+     * forget.  May be NULL. */
+    int (*publish_event)(cel_transport *t, const char *routing_key, const char *body, size_t len,
+                         const char *hostname);
     void (*close)(cel_transport *t);
 } cel_transport_ops;
 

@@ -9,7 +9,7 @@
  * celery-wire-contract.md §6).
  *
  * Commands so far: ping, revoke (with terminate and signal), terminate,
- * revoked, clock; anything else gets Celery's {"error": "KeyError('<m>')"}.
+ * revoked, clock, enable_events, disable_events, heartbeat; anything else gets Celery's {"error": "KeyError('<m>')"}.
  *
  * Why a module of its own: the transports only carry envelopes in and
  * replies out; what a command means lives here, and what it changes in the
@@ -62,6 +62,8 @@ void cel_control_free(cel_control *c)
 static void expire_revoked(cel_control *c);
 
 long long cel_control_clock(const cel_control *c) { return c->clock; }
+
+long long cel_control_next_clock(cel_control *c) { return c ? ++c->clock : 0; }
 
 int cel_control_load(cel_control *c, const char *path)
 {
@@ -305,6 +307,17 @@ void cel_control_handle(cel_control *c, const char *envelope, size_t len)
         payload = cmd_revoke(c, args, true);
     } else if (!strcmp(method, "revoked")) {
         payload = cmd_revoked(c);
+    } else if ((!strcmp(method, "enable_events") || !strcmp(method, "disable_events")) &&
+               c->host.set_task_events) {
+        bool on = method[0] == 'e';
+        bool was = c->host.set_task_events(c->host.ud, on);
+        char msg[64];
+        snprintf(msg, sizeof msg, "task events %s%s", was == on ? "already " : "",
+                 on ? "enabled" : "disabled");
+        payload = json_pack("{s:s}", "ok", msg);
+    } else if (!strcmp(method, "heartbeat") && c->host.heartbeat) {
+        c->host.heartbeat(c->host.ud);
+        payload = json_null();
     } else if (!strcmp(method, "clock")) {
         payload = json_pack("{s:I}", "clock", (json_int_t)c->clock);
     } else if (!strcmp(method, "election")) {

@@ -21,6 +21,11 @@ typedef struct cel_control_host {
      * headers ticket and clock. */
     int (*reply)(void *ud, const char *exchange, const char *routing_key, const char *ticket,
                  long long clock, const char *body, size_t len);
+    /* enable_events / disable_events: turns task events on or off; returns
+     * whether they were on.  May be NULL. */
+    bool (*set_task_events)(void *ud, bool on);
+    /* heartbeat: send a worker-heartbeat now.  May be NULL. */
+    void (*heartbeat)(void *ud);
 } cel_control_host;
 
 typedef struct cel_control cel_control;
@@ -46,5 +51,7 @@ int cel_control_save(cel_control *c, const char *path);
 
 /* The Lamport clock, advanced on every request received and reply sent. */
 long long cel_control_clock(const cel_control *c);
+/* Advances the clock for something the worker sends (an event); returns it. */
+long long cel_control_next_clock(cel_control *c);
 
 #endif

@@ -1481,3 +1481,24 @@ char *cel_message_build_reply(const char *exchange, const char *routing_key, con
     free(b64);
     return text;
 }
+
+char *cel_message_build_event(const char *routing_key, const char *hostname, const char *body,
+                              size_t len)
+{
+    size_t blen = 0;
+    char *b64 = cel_b64_encode(body, len, &blen);
+    char tag[37];
+    cel_uuid4(tag);
+    json_t *env = b64 ? json_pack("{s:s, s:s, s:s, s:{s:s}, s:{s:i, s:{s:s, s:s}, s:i, s:s, "
+                                  "s:s}}",
+                                  "body", b64, "content-encoding", "utf-8", "content-type",
+                                  "application/json", "headers", "hostname", hostname,
+                                  "properties", "delivery_mode", 1, "delivery_info", "exchange",
+                                  "celeryev", "routing_key", routing_key, "priority", 0,
+                                  "body_encoding", "base64", "delivery_tag", tag)
+                      : NULL;
+    char *text = env ? cel_json_dumps_py(env, NULL) : NULL;
+    json_decref(env);
+    free(b64);
+    return text;
+}

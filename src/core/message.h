@@ -163,6 +163,11 @@ char *cel_message_build_redis(const cel_message_spec *spec, char **id_out);
 char *cel_message_build_reply(const char *exchange, const char *routing_key, const char *ticket,
                               long long clock, const char *body, size_t len);
 
+/* The kombu envelope of an event on Redis pub/sub: exchange celeryev,
+ * header hostname, delivery_mode 1.  Returns malloc'd text. */
+char *cel_message_build_event(const char *routing_key, const char *hostname, const char *body,
+                              size_t len);
+
 /* Re-encodes a parsed message for a restore: same envelope with
  * headers.redelivered and properties.delivery_info.redelivered set to true.
  * Returns malloc'd text or NULL. */

@@ -21,6 +21,7 @@
 #include "backend/backend.h"
 #include "broker/transport.h"
 #include "control/control.h"
+#include "events/events.h"
 #include "core/log.h"
 #include "core/message.h"
 #include "core/util.h"
@@ -74,6 +75,10 @@ typedef struct bucket {
 typedef struct worker {
     cel_config *cfg;
     cel_control *ctl;     /* remote control: revoked ids, the Lamport clock */
+    cel_events *ev;       /* monitoring events (worker-* always, task-* with -E) */
+    bool task_events;     /* -E, or enable_events/disable_events */
+    double next_heartbeat; /* monotonic */
+    unsigned long started; /* tasks a process took: the heartbeat's `processed` */
     bucket *buckets;
     size_t nbuckets, capbuckets;
     cel_registry *reg;
@@ -121,6 +126,80 @@ static request *find_req(worker *w, uint64_t job, size_t *idx)
             return w->reqs[i];
         }
     return NULL;
+}
+
+/* ---- task events ------------------------------------------------------ */
+
+/* A task event for request r: uuid plus `fields` (stolen). */
+static void task_event(worker *w, const char *type, const cel_message *m, json_t *fields)
+{
+    if (!w->task_events || !w->ev || !m->id) {
+        json_decref(fields);
+        return;
+    }
+    if (!fields)
+        fields = json_object();
+    json_object_set_new(fields, "uuid", json_string(m->id));
+    cel_events_send(w->ev, type, fields);
+}
+
+static json_t *iso_or_null(bool has, double t)
+{
+    if (!has)
+        return json_null();
+    char buf[48];
+    cel_iso8601_format(t, true, buf, sizeof buf);
+    return json_string(buf);
+}
+
+/* "ValueError('kaboom')" from an exception dict, as Python's repr. */
+static char *exc_dict_repr(const json_t *exc)
+{
+    const char *type = json_string_value(json_object_get(exc, "exc_type"));
+    const json_t *args = json_object_get(exc, "exc_message");
+    if (!type)
+        return NULL;
+    bool one = json_is_array(args) && json_array_size(args) == 1;
+    char *a = one ? cel_pyrepr(json_array_get(args, 0))
+                  : json_is_array(args) ? cel_pyrepr_args(args) : NULL;
+    char *s = NULL;
+    if (asprintf(&s, "%s%s%s%s", type, one ? "(" : "", a ? a : "()", one ? ")" : "") < 0)
+        s = NULL;
+    free(a);
+    return s;
+}
+
+/* task-succeeded / -failed / -retried from the outcome's record. */
+static void outcome_event(worker *w, request *r, const cel_outcome *o)
+{
+    if (!w->task_events || !w->ev)
+        return;
+    json_error_t jerr;
+    json_t *meta = o->meta ? json_loadb(o->meta, o->meta_len, 0, &jerr) : NULL;
+    const json_t *res = json_object_get(meta, "result");
+    if (o->status == CEL_OUT_SUCCESS) {
+        char *rep = cel_pyrepr(res ? res : json_null());
+        task_event(w, "task-succeeded", &r->msg,
+                   json_pack("{s:s, s:f}", "result", rep ? rep : "None", "runtime", o->runtime));
+        free(rep);
+    } else if (o->status == CEL_OUT_FAILURE || o->status == CEL_OUT_RETRY) {
+        char *rep = exc_dict_repr(res);
+        const char *tb = json_string_value(json_object_get(meta, "traceback"));
+        json_t *f = json_pack("{s:s}", "exception", rep ? rep : "Exception()");
+        if (tb)
+            json_object_set_new(f, "traceback", json_string(tb));
+        task_event(w, o->status == CEL_OUT_RETRY ? "task-retried" : "task-failed", &r->msg, f);
+        free(rep);
+    }
+    json_decref(meta);
+}
+
+static int running_count_w(const worker *w)
+{
+    int n = 0;
+    for (size_t i = 0; i < w->nreqs; i++)
+        n += w->reqs[i]->state == REQ_RUNNING;
+    return n;
 }
 
 static request *find_req_by_id(worker *w, const char *id)
@@ -232,14 +311,20 @@ static void publish_retry(worker *w, request *r, double countdown)
 static void finish(worker *w, request *r, cel_outcome *o)
 {
     w->processed++;
+    outcome_event(w, r, o);
     if (o->status == CEL_OUT_RETRY)
         publish_retry(w, r, o->countdown);
     if (o->meta && w->be) {
         cel_backend_store_raw(w->be, r->msg.id, r->msg.reply_to, o->meta, o->meta_len);
         w->stores_pending++;
     }
-    if (r->chord_part && w->be) /* after the task's own record, as Celery */
-        cel_chord_part_return(w->be, w->tr, r->chord_part, r->chord_len);
+    /* After the task's own record, as Celery. */
+    for (size_t at = 0; r->chord_part && w->be && at < r->chord_len;) {
+        const char *nl = memchr(r->chord_part + at, '\n', r->chord_len - at);
+        size_t end = nl ? (size_t)(nl - r->chord_part) : r->chord_len;
+        cel_chord_part_return(w->be, w->tr, r->chord_part + at, end - at);
+        at = end + 1;
+    }
     if (o->status == CEL_OUT_FAILURE && r->acks_late && !r->acked && r->msg.delivery_tag &&
         !w->cfg->task_acks_on_failure_or_timeout) {
         /* Celery: acks_late without acks_on_failure_or_timeout rejects a
@@ -306,13 +391,15 @@ static void pool_on_chord(void *ud, uint64_t job, const char *text, size_t len)
 {
     worker *w = ud;
     request *r = find_req(w, job, NULL);
-    char *copy = r ? malloc(len) : NULL;
-    if (!copy)
+    /* One line per part: a failed chain step can add its chain's end. */
+    char *all = r ? realloc(r->chord_part, r->chord_len + len + 1) : NULL;
+    if (!all)
         return;
-    memcpy(copy, text, len);
-    free(r->chord_part);
-    r->chord_part = copy;
-    r->chord_len = len;
+    if (r->chord_len)
+        all[r->chord_len++] = '\n';
+    memcpy(all + r->chord_len, text, len);
+    r->chord_part = all;
+    r->chord_len += len;
 }
 
 /* A header task the parent itself failed or revoked (lost process, hard
@@ -345,6 +432,8 @@ static void pool_on_started(void *ud, uint64_t job, pid_t pid)
     if (!r)
         return;
     r->state = REQ_RUNNING;
+    w->started++;
+    task_event(w, "task-started", &r->msg, NULL);
     r->time_start = cel_monotonic();
     if (!r->acks_late)
         ack(w, r);
@@ -398,6 +487,7 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
         /* Celery: reject(requeue=True), no FAILURE stored, for the next
          * worker to run it again. */
         cel_warn("Task %s[%s] requeued (reject_on_worker_lost)", r->msg.task, r->msg.id);
+        task_event(w, "task-rejected", &r->msg, json_pack("{s:b}", "requeue", 1));
         w->tr->ops->reject(w->tr, r->msg.delivery_tag, true);
         w->acks_pending++;
         r->acked = true;
@@ -415,6 +505,13 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
               msg);
     if (r->store_errors)
         store(w, &r->msg, "FAILURE", exc, tb);
+    {
+        char *rep = exc_dict_repr(exc);
+        task_event(w, "task-failed", &r->msg,
+                   json_pack("{s:s, s:s}", "exception", rep ? rep : "WorkerLostError()",
+                             "traceback", tb ? tb : ""));
+        free(rep);
+    }
     chord_parent(w, r, "FAILURE", exc);
     json_decref(exc);
     free(tb);
@@ -480,6 +577,9 @@ static void receive(worker *w, cel_delivery *d)
         m->group = group;
         m->parent_id = parent;
         json_decref(exc);
+        char nr[600];
+        snprintf(nr, sizeof nr, "NotRegistered('%.500s')", m->task);
+        task_event(w, "task-failed", m, json_pack("{s:s}", "exception", nr));
         goto drop_reject;
     }
     const cel_task_options *o = &r->def->opts;
@@ -511,6 +611,14 @@ static void receive(worker *w, cel_delivery *d)
     r->state = REQ_RESERVED;
     /* An already expired task is revoked by dispatch(), in this same turn. */
     cel_info("Task %s[%s] received", m->task, m->id);
+    task_event(w, "task-received", m,
+               json_pack("{s:s, s:s, s:s, s:o, s:o, s:i, s:o, s:o}", "name", m->task, "args",
+                         m->argsrepr ? m->argsrepr : "()", "kwargs",
+                         m->kwargsrepr ? m->kwargsrepr : "{}", "root_id",
+                         m->root_id ? json_string(m->root_id) : json_null(), "parent_id",
+                         m->parent_id ? json_string(m->parent_id) : json_null(), "retries",
+                         m->retries, "eta", iso_or_null(m->has_eta, m->eta), "expires",
+                         iso_or_null(m->has_expires, m->expires)));
     if (add_req(w, r) == 0)
         return;
     cel_error("out of memory holding task %s[%s]; it will be redelivered", m->task, m->id);
@@ -569,6 +677,10 @@ static double enforce_time_limits(worker *w)
             json_t *exc = cel_exc_dict("billiard.exceptions", "TimeLimitExceeded", args);
             if (r->store_errors)
                 store(w, &r->msg, "FAILURE", exc, NULL);
+            char *rep = exc_dict_repr(exc);
+            task_event(w, "task-failed", &r->msg,
+                       json_pack("{s:s}", "exception", rep ? rep : "TimeLimitExceeded()"));
+            free(rep);
             chord_parent(w, r, "FAILURE", exc);
             json_decref(exc);
             cel_pool_kill_job(w->pool, r->job);
@@ -655,6 +767,8 @@ static int control_revoke(void *ud, const char *const *ids, size_t n, bool termi
                                    json_pack("[s]", "terminated"));
         if (r->store_errors)
             store(w, &r->msg, "REVOKED", exc, NULL);
+        task_event(w, "task-revoked", &r->msg,
+                   json_pack("{s:b, s:i, s:b}", "terminated", 1, "signum", signum, "expired", 0));
         chord_parent(w, r, "REVOKED", exc);
         json_decref(exc);
         ack(w, r);
@@ -665,6 +779,24 @@ static int control_revoke(void *ud, const char *const *ids, size_t n, bool termi
     if (w->cfg->state_db)
         cel_control_save(w->ctl, w->cfg->state_db);
     return hit;
+}
+
+static bool control_set_task_events(void *ud, bool on)
+{
+    worker *w = ud;
+    bool was = w->task_events;
+    w->task_events = on;
+    return was;
+}
+
+/* The `heartbeat` command: Celery answers with a worker-heartbeat carrying
+ * freq 5 and the software fields only. */
+static void control_heartbeat(void *ud)
+{
+    worker *w = ud;
+    cel_events_send(w->ev, "worker-heartbeat",
+                    json_pack("{s:i, s:s, s:s, s:s}", "freq", 5, "sw_ident", "celeriac", "sw_ver",
+                              CELERIAC_VERSION, "sw_sys", "Linux"));
 }
 
 static int control_reply(void *ud, const char *exchange, const char *routing_key,
@@ -705,6 +837,8 @@ static double dispatch(worker *w)
             json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
                                        json_pack("[s]", "revoked"));
             cel_info("Discarding revoked task: %s[%s]", r->msg.task, r->msg.id);
+            task_event(w, "task-revoked", &r->msg,
+                       json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
             if (r->store_errors)
                 store(w, &r->msg, "REVOKED", exc, NULL);
             chord_parent(w, r, "REVOKED", exc);
@@ -717,6 +851,8 @@ static double dispatch(worker *w)
             json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
                                    json_pack("[s]", "expired"));
             cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
+            task_event(w, "task-revoked", &r->msg,
+                       json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
             if (r->store_errors)
                 store(w, &r->msg, "REVOKED", exc, NULL);
             chord_parent(w, r, "REVOKED", exc);
@@ -930,10 +1066,15 @@ int cel_worker_main(cel_config *cfg)
                           .on_started = pool_on_started, .on_unsent = pool_on_unsent};
     int procs = cfg->pool == CEL_POOL_SOLO ? 0 : cfg->concurrency;
     cel_control_host host = {.ud = w, .hostname = cfg->hostname, .revoke = control_revoke,
-                             .reply = control_reply};
+                             .reply = control_reply,
+                             .set_task_events = control_set_task_events,
+                             .heartbeat = control_heartbeat};
     w->ctl = cel_control_new(&host);
     if (w->ctl && cfg->state_db)
         cel_control_load(w->ctl, cfg->state_db);
+    /* Worker events always (Flower's online/offline); task events with -E. */
+    w->ev = cel_events_new(w->tr, w->ctl, cfg->hostname, CELERIAC_VERSION);
+    w->task_events = cfg->task_events;
     w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
     if (!w->pool) {
         cel_crit("%s", err);
@@ -958,6 +1099,8 @@ int cel_worker_main(cel_config *cfg)
         cel_info("Connected to broker; consuming from %s with %d %s process(es), prefetch %d",
                  qs, conc, procs ? "prefork" : "solo", w->prefetch);
         cel_info("%s ready.", cfg->hostname);
+        cel_events_worker(w->ev, "worker-online", 0, 0);
+        w->next_heartbeat = cel_monotonic() + 2.0;
     }
 
     struct pollfd fds[MAX_POLLFDS];
@@ -1069,7 +1212,13 @@ int cel_worker_main(cel_config *cfg)
         double now = cel_monotonic();
         /* Acks and STARTED states from this turn's dispatch ride on the next
          * turn's round trips; wait at most 2 ms for company. */
+        if (w->ev && now >= w->next_heartbeat) {
+            cel_events_worker(w->ev, "worker-heartbeat", running_count_w(w), w->started);
+            w->next_heartbeat = now + 2.0;
+        }
         double timeout = more ? 0 : (w->acks_pending || w->stores_pending) ? 0.002 : 1.0;
+        if (w->ev && w->next_heartbeat - now < timeout)
+            timeout = w->next_heartbeat - now;
         if (next_eta < timeout)
             timeout = next_eta;
         if (w->next_restore - now < timeout)
@@ -1136,6 +1285,7 @@ int cel_worker_main(cel_config *cfg)
         }
     }
     rc = 0;
+    cel_events_worker(w->ev, "worker-offline", 0, w->started);
     cel_info("Worker %s stopped (%lu task(s) processed)", cfg->hostname, w->processed);
 out:
     if (w->pool)
@@ -1144,6 +1294,7 @@ out:
         drop_req(w, w->reqs[0]);
     free(w->reqs);
     free(w->buckets);
+    cel_events_free(w->ev);
     if (w->ctl && cfg->state_db)
         cel_control_save(w->ctl, cfg->state_db);
     cel_control_free(w->ctl);
