@@ -201,5 +201,18 @@ void cel_canvas_on_failure(const cel_message *m, cel_canvas_send_fn send, void *
 char *cel_canvas_apply(const cel_message *m, const json_t *sig, const json_t *prepend,
                        cel_canvas_send_fn send, void *ud)
 {
+    /* A chain (`chord(...) | task`): its first task with the rest of it as
+     * the message's chain, stored last-task-first (_chain.run). */
+    const json_t *tasks = json_object_get(json_object_get(sig, "kwargs"), "tasks");
+    if (json_is_array(tasks) && json_array_size(tasks) &&
+        (!strcmp(opt_str(sig, "subtask_type") ? opt_str(sig, "subtask_type") : "", "chain") ||
+         !strcmp(opt_str(sig, "task") ? opt_str(sig, "task") : "", "celery.chain"))) {
+        json_t *rest = json_array();
+        for (size_t i = json_array_size(tasks); i-- > 1;)
+            json_array_append(rest, json_array_get(tasks, i));
+        char *id = apply_signature(m, json_array_get(tasks, 0), prepend, rest, NULL, 0, send, ud);
+        json_decref(rest);
+        return id;
+    }
     return apply_signature(m, sig, prepend, NULL, NULL, 0, send, ud);
 }

@@ -25,8 +25,9 @@ json_t *cel_canvas_on_success(const cel_message *m, const json_t *retval,
 void cel_canvas_on_failure(const cel_message *m, cel_canvas_send_fn send, void *ud);
 
 /* sig.apply_async(prepend) from task `m` (parent_id m->id, root_id
- * m->root_id or m->id): a chord's body.  Returns the new task id (malloc'd)
- * or NULL when `sig` is not a task signature. */
+ * m->root_id or m->id): a chord's body, a task or a chain of tasks.
+ * Returns the id of the task sent (malloc'd) or NULL when `sig` is not a
+ * task signature. */
 char *cel_canvas_apply(const cel_message *m, const json_t *sig, const json_t *prepend,
                        cel_canvas_send_fn send, void *ud);
 

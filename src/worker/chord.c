@@ -58,6 +58,25 @@ char *cel_chord_part(const cel_message *m, const char *state, const json_t *resu
     return text;
 }
 
+char *cel_chord_part_sig(const json_t *sig, const char *state, const json_t *result,
+                         const cel_message *running, size_t *len)
+{
+    const json_t *o = json_object_get(sig, "options");
+    cel_message m;
+    memset(&m, 0, sizeof m);
+    m.task = jstr(sig, "task") ? jstr(sig, "task") : "?";
+    m.id = jstr(o, "task_id");
+    m.group = jstr(o, "group_id");
+    m.group_index = json_object_get(o, "group_index");
+    json_t *embed = json_pack("{s:O}", "chord",
+                              json_object_get(o, "chord") ? json_object_get(o, "chord")
+                                                          : json_null());
+    m.embed = embed;
+    char *text = cel_chord_part(&m, state, result, running, len);
+    json_decref(embed);
+    return text;
+}
+
 char *cel_chord_part_raw(const char *raw, size_t len, const char *state, const json_t *result,
                          size_t *out_len)
 {

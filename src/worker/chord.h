@@ -23,6 +23,12 @@
 char *cel_chord_part(const cel_message *m, const char *state, const json_t *result,
                      const cel_message *running, size_t *len);
 
+/* The same for signature `sig` (a chain element whose options carry
+ * task_id, group_id, group_index and chord): the rest of a failed chain
+ * inside a chord header (Celery's mark_as_failure). */
+char *cel_chord_part_sig(const json_t *sig, const char *state, const json_t *result,
+                         const cel_message *running, size_t *len);
+
 /* The same for a message the parent holds only as raw envelope text (a
  * header task lost with its process, timed out or expired). */
 char *cel_chord_part_raw(const char *raw, size_t len, const char *state, const json_t *result,

@@ -109,6 +109,12 @@ static void fail_chain(const cel_exec_env *env, const cel_message *m, json_t *ex
             t->state_cb(t->state_ud, CEL_NOTE_STORE, note, (size_t)nl);
         free(note);
         free(text);
+        /* A chain in a chord header: its last step is a chord part. */
+        size_t pl = 0;
+        char *part = cel_chord_part_sig(sig, "FAILURE", exc, m, &pl);
+        if (part)
+            t->state_cb(t->state_ud, CEL_NOTE_CHORD, part, pl);
+        free(part);
     }
 }
 
