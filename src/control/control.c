@@ -323,6 +323,9 @@ void cel_control_handle(cel_control *c, const char *envelope, size_t len)
     } else if (!strcmp(method, "election")) {
         payload = NULL; /* Python gossip; a forged one crashed the Python worker */
         reply = false;
+    } else if (c->host.command &&
+               (payload = c->host.command(c->host.ud, method, args, &reply)) != NULL) {
+        /* the worker's own: inspect, shutdown, rate_limit, ... */
     } else {
         char err[300];
         snprintf(err, sizeof err, "KeyError('%.200s')", method);

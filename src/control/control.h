@@ -26,6 +26,10 @@ typedef struct cel_control_host {
     bool (*set_task_events)(void *ud, bool on);
     /* heartbeat: send a worker-heartbeat now.  May be NULL. */
     void (*heartbeat)(void *ud);
+    /* Every other command: the reply payload (new reference), or NULL when
+     * the worker does not know `method` (then KeyError).  `reply` false: no
+     * reply is sent (shutdown).  May be NULL. */
+    json_t *(*command)(void *ud, const char *method, const json_t *args, bool *reply);
 } cel_control_host;
 
 typedef struct cel_control cel_control;

@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -58,6 +59,8 @@ typedef struct request {
     bool store_errors; /* failures stored: !ignore_result or store_errors_even_if_ignored */
     bool acked;
     double time_start;    /* monotonic */
+    double time_start_epoch;
+    pid_t pid;            /* the pool process running it */
     double soft_limit, hard_limit; /* seconds from the start; 0 = none */
     bool hard_is_int;     /* the limit came from the message as an integer */
     bool soft_sent;
@@ -79,6 +82,13 @@ typedef struct worker {
     bool task_events;     /* -E, or enable_events/disable_events */
     double next_heartbeat; /* monotonic */
     unsigned long started; /* tasks a process took: the heartbeat's `processed` */
+    struct task_total {
+        const char *name; /* the registry's */
+        unsigned long n;
+    } *totals;            /* inspect stats' `total`: tasks started, per name */
+    size_t ntotals, captotals;
+    cel_url broker_url;   /* for inspect stats / conf */
+    double started_at;    /* monotonic, for uptime */
     bucket *buckets;
     size_t nbuckets, capbuckets;
     cel_registry *reg;
@@ -432,7 +442,18 @@ static void pool_on_started(void *ud, uint64_t job, pid_t pid)
     if (!r)
         return;
     r->state = REQ_RUNNING;
+    r->pid = pid;
+    r->time_start_epoch = cel_now();
     w->started++;
+    if (r->def) {
+        size_t i = 0;
+        while (i < w->ntotals && w->totals[i].name != r->def->name)
+            i++;
+        if (i < w->ntotals)
+            w->totals[i].n++;
+        else if (cel_grow(&w->totals, &w->captotals, w->ntotals, sizeof *w->totals, 16) == 0)
+            w->totals[w->ntotals++] = (struct task_total){r->def->name, 1};
+    }
     task_event(w, "task-started", &r->msg, NULL);
     r->time_start = cel_monotonic();
     if (!r->acks_late)
@@ -799,6 +820,237 @@ static void control_heartbeat(void *ud)
                               CELERIAC_VERSION, "sw_sys", "Linux"));
 }
 
+/* ---- inspect ----------------------------------------------------------- */
+
+/* Celery's request-info (worker/request.py info()). */
+static json_t *request_info(worker *w, request *r)
+{
+    cel_message full = {0};
+    char err[64];
+    json_t *args = NULL, *kwargs = NULL;
+    if (cel_message_parse_redis(r->d.raw, r->d.len, &full, err, sizeof err) == CEL_MSG_OK) {
+        args = json_incref(full.args);
+        kwargs = json_incref(full.kwargs);
+    }
+    cel_message_clear(&full);
+    bool running = r->state == REQ_RUNNING;
+    /* redelivered: a bool on AMQP, null (or true) on Redis, as kombu has it. */
+    bool amqp = w->broker_url.scheme == CEL_URL_AMQP || w->broker_url.scheme == CEL_URL_AMQPS;
+    json_t *i = json_pack(
+        "{s:s, s:s, s:o, s:o, s:s, s:s, s:o, s:b, s:{s:s, s:s, s:i, s:o}, s:o}", "id",
+        r->msg.id, "name", r->msg.task, "args", args ? args : json_array(), "kwargs",
+        kwargs ? kwargs : json_object(), "type", r->msg.task, "hostname", w->cfg->hostname,
+        "time_start", running ? json_real(r->time_start_epoch) : json_null(), "acknowledged",
+        r->acked, "delivery_info", "exchange", r->msg.exchange ? r->msg.exchange : "",
+        "routing_key", r->msg.routing_key ? r->msg.routing_key : "", "priority", r->msg.priority,
+        "redelivered", amqp ? json_boolean(r->msg.redelivered)
+                            : r->msg.redelivered ? json_true() : json_null(), "worker_pid",
+        running ? json_integer(r->pid) : json_null());
+    return i;
+}
+
+static json_t *requests_in(worker *w, int which) /* 0 active, 1 reserved, 2 scheduled */
+{
+    json_t *a = json_array();
+    double now = cel_now();
+    for (size_t k = 0; k < w->nreqs; k++) {
+        request *r = w->reqs[k];
+        bool eta = r->state == REQ_RESERVED && r->msg.has_eta && r->msg.eta > now;
+        if (which == 0 && r->state == REQ_RUNNING)
+            json_array_append_new(a, request_info(w, r));
+        else if (which == 1 && r->state != REQ_RUNNING && !eta)
+            json_array_append_new(a, request_info(w, r));
+        else if (which == 2 && eta) {
+            char buf[48];
+            cel_iso8601_format(r->msg.eta, true, buf, sizeof buf);
+            json_array_append_new(a, json_pack("{s:s, s:i, s:o}", "eta", buf, "priority", 6,
+                                               "request", request_info(w, r)));
+        }
+    }
+    return a;
+}
+
+static json_t *queue_info(const char *q)
+{
+    return json_pack("{s:s, s:{s:s, s:s, s:n, s:b, s:b, s:b, s:n, s:b}, s:s, s:n, s:n, s:n, "
+                     "s:b, s:b, s:b, s:b, s:n, s:[], s:n, s:n, s:n, s:n, s:n, s:n}",
+                     "name", q, "exchange", "name", q, "type", "direct", "arguments", "durable",
+                     1, "passive", 0, "auto_delete", 0, "delivery_mode", "no_declare", 0,
+                     "routing_key", q, "queue_arguments", "binding_arguments",
+                     "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
+                     "no_ack", 0, "alias", "bindings", "no_declare", "expires", "message_ttl",
+                     "max_length", "max_length_bytes", "max_priority");
+}
+
+static json_t *worker_stats(worker *w)
+{
+    pid_t pids[256];
+    int np = w->pool ? cel_pool_pids(w->pool, pids, 256) : 0;
+    json_t *procs = json_array();
+    for (int i = 0; i < np; i++)
+        json_array_append_new(procs, json_integer(pids[i]));
+    json_t *total = json_object();
+    for (size_t i = 0; i < w->ntotals; i++)
+        json_object_set_new(total, w->totals[i].name, json_integer((json_int_t)w->totals[i].n));
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    char clock[32];
+    snprintf(clock, sizeof clock, "%lld", cel_control_clock(w->ctl));
+    const cel_url *u = &w->broker_url;
+    bool amqp = u->scheme == CEL_URL_AMQP || u->scheme == CEL_URL_AMQPS;
+    return json_pack(
+        "{s:{s:[], s:i, s:s, s:f, s:s, s:b, s:o, s:i, s:b, s:s, s:{}, s:n, s:o, s:s}, s:s, "
+        "s:i, s:{s:i, s:s, s:o, s:b, s:[f, f], s:{}}, s:i, s:{s:i, s:i, s:i, s:i, s:i, s:i, "
+        "s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f}, s:o, s:i}",
+        "broker", "alternates", "connect_timeout", 4, "failover_strategy", "round-robin",
+        "heartbeat", 120.0, "hostname", u->host ? u->host : "localhost", "insist", 0,
+        "login_method", amqp ? json_string("PLAIN") : json_null(), "port", u->port, "ssl",
+        u->scheme == CEL_URL_AMQPS, "transport", amqp ? "amqp" : "redis", "transport_options",
+        "uri_prefix", "userid", amqp ? json_string(u->user ? u->user : "guest") : json_null(),
+        "virtual_host", u->path ? u->path : "",
+        "clock", clock, "pid", (int)getpid(),
+        "pool", "max-concurrency", w->conc, "max-tasks-per-child", "N/A", "processes", procs,
+        "put-guarded-by-semaphore", 0, "timeouts", w->cfg->task_soft_time_limit,
+        w->cfg->task_time_limit, "writes",
+        "prefetch_count", w->prefetch,
+        "rusage", "idrss", (int)ru.ru_idrss, "inblock", (int)ru.ru_inblock, "isrss",
+        (int)ru.ru_isrss, "ixrss", (int)ru.ru_ixrss, "majflt", (int)ru.ru_majflt, "maxrss",
+        (int)ru.ru_maxrss, "minflt", (int)ru.ru_minflt, "msgrcv", (int)ru.ru_msgrcv, "msgsnd",
+        (int)ru.ru_msgsnd, "nivcsw", (int)ru.ru_nivcsw, "nsignals", (int)ru.ru_nsignals,
+        "nswap", (int)ru.ru_nswap, "nvcsw", (int)ru.ru_nvcsw, "oublock", (int)ru.ru_oublock,
+        "stime", ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, "utime",
+        ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
+        "total", total, "uptime", (int)(cel_monotonic() - w->started_at));
+}
+
+static json_t *registered(worker *w)
+{
+    json_t *a = json_array();
+    const cel_registry *reg = w->reg;
+    for (size_t i = 0; i < cel_registry_count(reg); i++) {
+        const cel_task_def *d = cel_registry_at(reg, i);
+        if (!strncmp(d->name, "celery.", 7))
+            continue;
+        char line[600];
+        if (d->opts.rate_limit)
+            snprintf(line, sizeof line, "%s [rate_limit=%s]", d->name, d->opts.rate_limit);
+        else
+            snprintf(line, sizeof line, "%s", d->name);
+        json_array_append_new(a, json_string(line));
+    }
+    return a;
+}
+
+static json_t *control_command(void *ud, const char *method, const json_t *args, bool *reply)
+{
+    worker *w = ud;
+    if (!strcmp(method, "stats"))
+        return worker_stats(w);
+    if (!strcmp(method, "active"))
+        return requests_in(w, 0);
+    if (!strcmp(method, "reserved"))
+        return requests_in(w, 1);
+    if (!strcmp(method, "scheduled"))
+        return requests_in(w, 2);
+    if (!strcmp(method, "registered"))
+        return registered(w);
+    if (!strcmp(method, "active_queues")) {
+        json_t *a = json_array();
+        for (size_t i = 0; w->cfg->queues[i]; i++)
+            json_array_append_new(a, queue_info(w->cfg->queues[i]));
+        return a;
+    }
+    if (!strcmp(method, "query_task")) {
+        json_t *out = json_object();
+        const json_t *ids = json_object_get(args, "ids");
+        size_t i;
+        const json_t *id;
+        json_array_foreach(ids, i, id) {
+            request *r = json_is_string(id) ? find_req_by_id(w, json_string_value(id)) : NULL;
+            if (r)
+                json_object_set_new(out, r->msg.id,
+                                    json_pack("[s, o]",
+                                              r->state == REQ_RUNNING ? "active" : "reserved",
+                                              request_info(w, r)));
+        }
+        return out;
+    }
+    if (!strcmp(method, "conf")) {
+        char b[512];
+        json_t *c = json_object();
+        cel_url_redacted(&w->broker_url, b, sizeof b);
+        json_object_set_new(c, "broker_url", json_string(b));
+        if (w->cfg->result_backend)
+            json_object_set_new(c, "result_backend", json_string("********"));
+        json_object_set_new(c, "worker_concurrency", json_integer(w->conc));
+        json_object_set_new(c, "worker_prefetch_multiplier",
+                            json_integer(w->cfg->prefetch_multiplier));
+        if (w->cfg->task_acks_late)
+            json_object_set_new(c, "task_acks_late", json_true());
+        return c;
+    }
+    if (!strcmp(method, "report")) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "software -> celeriac:%s (Celery protocol v2) kombu:- py:-\n"
+                 "            billiard:- %s:-\n"
+                 "platform -> system:Linux arch:64bit\n"
+                 "            kernel version:- imp:C\n",
+                 CELERIAC_VERSION,
+                 w->broker_url.scheme == CEL_URL_AMQP || w->broker_url.scheme == CEL_URL_AMQPS
+                     ? "py-amqp"
+                     : "redis");
+        return json_pack("{s:s}", "ok", text);
+    }
+    if (!strcmp(method, "shutdown")) {
+        cel_warn("remote control: shutdown requested (warm)");
+        if (w->stop == RUNNING)
+            w->stop = WARM;
+        *reply = false;
+        return json_null();
+    }
+    if (!strcmp(method, "rate_limit")) {
+        const char *name = json_string_value(json_object_get(args, "task_name"));
+        const json_t *rv = json_object_get(args, "rate_limit");
+        cel_task_def *d = name ? (cel_task_def *)cel_registry_find(w->reg, name) : NULL;
+        if (!d)
+            return json_pack("{s:s}", "error", "unknown task");
+        double rate = 0;
+        char rs[64] = "";
+        if (json_is_string(rv))
+            snprintf(rs, sizeof rs, "%s", json_string_value(rv));
+        else if (json_is_number(rv))
+            snprintf(rs, sizeof rs, "%g", json_number_value(rv));
+        if (*rs && cel_parse_rate(rs, &rate) < 0) {
+            char e[128];
+            snprintf(e, sizeof e, "Invalid rate limit string: %s", rs);
+            return json_pack("{s:s}", "error", e);
+        }
+        free((char *)d->opts.rate_limit);
+        d->opts.rate_limit = *rs && rate > 0 ? strdup(rs) : NULL;
+        d->rate = rate;
+        cel_info("New rate limit for tasks of type %s: %s.", name, *rs ? rs : "None");
+        return json_pack("{s:s}", "ok", d->opts.rate_limit ? "new rate limit set successfully"
+                                                           : "rate limit disabled successfully");
+    }
+    if (!strcmp(method, "time_limit")) {
+        const char *name = json_string_value(json_object_get(args, "task_name"));
+        cel_task_def *d = name ? (cel_task_def *)cel_registry_find(w->reg, name) : NULL;
+        if (!d)
+            return json_pack("{s:s}", "error", "unknown task");
+        d->opts.soft_time_limit = json_number_value(json_object_get(args, "soft"));
+        d->opts.time_limit = json_number_value(json_object_get(args, "hard"));
+        cel_info("New time limits for tasks of type %s: soft=%g hard=%g", name,
+                 d->opts.soft_time_limit, d->opts.time_limit);
+        return json_pack("{s:s}", "ok", "time limits set successfully");
+    }
+    if (!strcmp(method, "autoscale"))
+        return json_pack("{s:s}", "error", "ValueError('Autoscale not enabled')");
+    if (!strcmp(method, "pool_restart"))
+        return json_pack("{s:s}", "error", "ValueError('Pool restarts not enabled')");
+    return NULL;
+}
+
 static int control_reply(void *ud, const char *exchange, const char *routing_key,
                          const char *ticket, long long clock, const char *body, size_t len)
 {
@@ -1068,12 +1320,19 @@ int cel_worker_main(cel_config *cfg)
     cel_control_host host = {.ud = w, .hostname = cfg->hostname, .revoke = control_revoke,
                              .reply = control_reply,
                              .set_task_events = control_set_task_events,
-                             .heartbeat = control_heartbeat};
+                             .heartbeat = control_heartbeat,
+                             .command = control_command};
     w->ctl = cel_control_new(&host);
     if (w->ctl && cfg->state_db)
         cel_control_load(w->ctl, cfg->state_db);
     /* Worker events always (Flower's online/offline); task events with -E. */
     w->ev = cel_events_new(w->tr, w->ctl, cfg->hostname, CELERIAC_VERSION);
+    w->started_at = cel_monotonic();
+    {
+        char uerr[256];
+        if (cel_url_parse(cfg->broker_url, &w->broker_url, uerr, sizeof uerr) < 0)
+            memset(&w->broker_url, 0, sizeof w->broker_url);
+    }
     w->task_events = cfg->task_events;
     w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
     if (!w->pool) {
@@ -1294,6 +1553,8 @@ out:
         drop_req(w, w->reqs[0]);
     free(w->reqs);
     free(w->buckets);
+    free(w->totals);
+    cel_url_free(&w->broker_url);
     cel_events_free(w->ev);
     if (w->ctl && cfg->state_db)
         cel_control_save(w->ctl, cfg->state_db);
