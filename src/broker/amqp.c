@@ -212,6 +212,7 @@ static int ensure_up(amqp_transport *t)
         return -1;
     }
     cel_warn("consumer: Connected to broker again after %.1f s", now - t->down_since);
+    cel_broker_reconnects++;
     t->down_since = 0;
     t->retries = 0;
     return 0;

@@ -245,6 +245,7 @@ static int reconnect_cmd(redis_transport *t)
     }
     if (t->down_since != 0) {
         cel_warn("broker: reconnected after %.1f s", cel_monotonic() - t->down_since);
+        cel_broker_reconnects++;
         t->down_since = 0;
     }
     return 0;

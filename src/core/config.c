@@ -731,6 +731,7 @@ void cel_config_free(cel_config *c)
     free(c->hostname);
     free(c->logfile);
     free(c->state_db);
+    free(c->metrics_bind);
     free(c->broker_transport_options);
     tls_free(&c->broker_use_ssl);
     free(c->task_default_queue);
@@ -1028,6 +1029,25 @@ static int set_pool(cel_config *c, const char *name, const char *value, char *er
     return rc;
 }
 
+static int set_metrics_port(cel_config *c, const char *name, const char *value, char *err,
+                            size_t errlen)
+{
+    if (parse_int_min(value, 0, &c->metrics_port) < 0 || c->metrics_port > 65535) {
+        set_err(err, errlen, "%s: expected a TCP port (0 = off), got '%s'", name, value);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_metrics_bind(cel_config *c, const char *name, const char *value, char *err,
+                            size_t errlen)
+{
+    char *t = trimmed_copy(value);
+    free(c->metrics_bind);
+    c->metrics_bind = t && *t ? t : (free(t), NULL);
+    return 0;
+}
+
 static int set_state_db(cel_config *c, const char *name, const char *value, char *err,
                         size_t errlen)
 {
@@ -1140,6 +1160,8 @@ static const struct {
     {"CELERIAC_CONCURRENCY", set_concurrency}, {"CELERIAC_HOSTNAME", set_hostname},
     {"CELERIAC_LOGLEVEL", set_loglevel},  {"CELERIAC_POOL", set_pool},
     {"CELERIAC_LOGFILE", set_logfile},
+    {"CELERIAC_METRICS_PORT", set_metrics_port},
+    {"CELERIAC_METRICS_BIND", set_metrics_bind},
 };
 
 static bool has_prefix(const char *s, const char *prefix)
@@ -1358,7 +1380,7 @@ enum opt_id {
     OPT_APP, OPT_BROKER, OPT_RESULT_BACKEND, OPT_QUEUES, OPT_CONCURRENCY, OPT_HOSTNAME,
     OPT_LOGLEVEL, OPT_LOGFILE, OPT_POOL, OPT_PREFETCH, OPT_EVENTS, OPT_NO_HEARTBEAT,
     OPT_NO_GOSSIP, OPT_NO_MINGLE, OPT_ACKS_LATE, OPT_ENV, OPT_ENV_FILE, OPT_HELP,
-    OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT, OPT_STATEDB,
+    OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT, OPT_STATEDB, OPT_METRICS_PORT, OPT_METRICS_BIND,
 };
 
 static const struct worker_option {
@@ -1380,6 +1402,8 @@ static const struct worker_option {
     {OPT_PREFETCH, "prefetch-multiplier", 0, "N", "messages to prefetch per process (default 4)"},
     {OPT_TIME_LIMIT, "time-limit", 0, "SECONDS", "hard time limit: the process is killed"},
     {OPT_STATEDB, "statedb", 'S', "PATH", "keep revoked task ids in PATH across restarts"},
+    {OPT_METRICS_PORT, "metrics-port", 0, "PORT", "serve Prometheus /metrics on PORT"},
+    {OPT_METRICS_BIND, "metrics-bind", 0, "ADDR", "address for --metrics-port (127.0.0.1)"},
     {OPT_SOFT_TIME_LIMIT, "soft-time-limit", 0, "SECONDS",
      "soft time limit: the task is told and may clean up"},
     {OPT_EVENTS, "task-events", 'E', NULL, "send task events"},
@@ -1470,6 +1494,8 @@ static int apply_option(cel_config *c, struct cli_state *st, const struct worker
     case OPT_TIME_LIMIT: return set_task_time_limit(c, name, value, err, errlen);
     case OPT_SOFT_TIME_LIMIT: return set_task_soft_time_limit(c, name, value, err, errlen);
     case OPT_STATEDB: return set_state_db(c, name, value, err, errlen);
+    case OPT_METRICS_PORT: return set_metrics_port(c, name, value, err, errlen);
+    case OPT_METRICS_BIND: return set_metrics_bind(c, name, value, err, errlen);
     case OPT_EVENTS: c->task_events = true; return 0;
     case OPT_NO_HEARTBEAT: c->without_heartbeat = true; return 0;
     case OPT_NO_GOSSIP: c->without_gossip = true; return 0;

@@ -74,6 +74,8 @@ typedef struct cel_config {
     char *hostname;         /* -n, after %h/%n/%d expansion; default celeriac@<host> */
     int loglevel;           /* -l; cel_log_level; default WARNING as celery */
     char *logfile;          /* -f/--logfile; NULL = stderr */
+    int metrics_port;       /* --metrics-port / CELERIAC_METRICS_PORT; 0 = off */
+    char *metrics_bind;     /* --metrics-bind / CELERIAC_METRICS_BIND; NULL = 127.0.0.1 */
     char *state_db;         /* --statedb / worker_state_db: revoked ids kept here; NULL = none */
     cel_pool_kind pool;     /* -P prefork|solo */
     int prefetch_multiplier;/* --prefetch-multiplier / worker_prefetch_multiplier; default 4 */

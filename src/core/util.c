@@ -349,6 +349,8 @@ double cel_monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+unsigned long cel_broker_reconnects;
+
 void cel_uuid4(char buf[37])
 {
     uuid_t u;

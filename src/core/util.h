@@ -40,6 +40,10 @@ double cel_monotonic(void);
  * 37 bytes. */
 void cel_uuid4(char buf[37]);
 
+/* Broker connections re-established since start (for metrics; the
+ * transports count them). */
+extern unsigned long cel_broker_reconnects;
+
 /* A growable byte buffer.  Zero-initialise; cel_buf_free releases. */
 typedef struct cel_buf {
     char *data;

@@ -22,6 +22,7 @@
 #include "broker/transport.h"
 #include "control/control.h"
 #include "events/events.h"
+#include "metrics/metrics.h"
 #include "core/log.h"
 #include "core/message.h"
 #include "core/util.h"
@@ -60,6 +61,7 @@ typedef struct request {
     bool acked;
     double time_start;    /* monotonic */
     double time_start_epoch;
+    double time_received; /* monotonic: queue wait for the metrics */
     pid_t pid;            /* the pool process running it */
     double soft_limit, hard_limit; /* seconds from the start; 0 = none */
     bool hard_is_int;     /* the limit came from the message as an integer */
@@ -79,6 +81,7 @@ typedef struct worker {
     cel_config *cfg;
     cel_control *ctl;     /* remote control: revoked ids, the Lamport clock */
     cel_events *ev;       /* monitoring events (worker-* always, task-* with -E) */
+    cel_metrics *metrics; /* --metrics-port, or NULL */
     bool task_events;     /* -E, or enable_events/disable_events */
     double next_heartbeat; /* monotonic */
     unsigned long started; /* tasks a process took: the heartbeat's `processed` */
@@ -322,6 +325,13 @@ static void finish(worker *w, request *r, cel_outcome *o)
 {
     w->processed++;
     outcome_event(w, r, o);
+    if (w->metrics && r->def) {
+        cel_metrics_count(w->metrics, r->def->name,
+                          o->status == CEL_OUT_SUCCESS ? CEL_M_SUCCEEDED
+                          : o->status == CEL_OUT_RETRY ? CEL_M_RETRIED
+                                                       : CEL_M_FAILED);
+        cel_metrics_runtime(w->metrics, r->def->name, o->runtime);
+    }
     if (o->status == CEL_OUT_RETRY)
         publish_retry(w, r, o->countdown);
     if (o->meta && w->be) {
@@ -444,6 +454,8 @@ static void pool_on_started(void *ud, uint64_t job, pid_t pid)
     r->state = REQ_RUNNING;
     r->pid = pid;
     r->time_start_epoch = cel_now();
+    if (r->def)
+        cel_metrics_wait(w->metrics, r->def->name, r->time_start - r->time_received);
     w->started++;
     if (r->def) {
         size_t i = 0;
@@ -508,6 +520,8 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
         /* Celery: reject(requeue=True), no FAILURE stored, for the next
          * worker to run it again. */
         cel_warn("Task %s[%s] requeued (reject_on_worker_lost)", r->msg.task, r->msg.id);
+        if (r->def)
+            cel_metrics_count(w->metrics, r->def->name, CEL_M_REJECTED);
         task_event(w, "task-rejected", &r->msg, json_pack("{s:b}", "requeue", 1));
         w->tr->ops->reject(w->tr, r->msg.delivery_tag, true);
         w->acks_pending++;
@@ -632,6 +646,8 @@ static void receive(worker *w, cel_delivery *d)
     r->state = REQ_RESERVED;
     /* An already expired task is revoked by dispatch(), in this same turn. */
     cel_info("Task %s[%s] received", m->task, m->id);
+    r->time_received = cel_monotonic();
+    cel_metrics_count(w->metrics, r->def->name, CEL_M_RECEIVED);
     task_event(w, "task-received", m,
                json_pack("{s:s, s:s, s:s, s:o, s:o, s:i, s:o, s:o}", "name", m->task, "args",
                          m->argsrepr ? m->argsrepr : "()", "kwargs",
@@ -1089,6 +1105,8 @@ static double dispatch(worker *w)
             json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
                                        json_pack("[s]", "revoked"));
             cel_info("Discarding revoked task: %s[%s]", r->msg.task, r->msg.id);
+            if (r->def)
+                cel_metrics_count(w->metrics, r->def->name, CEL_M_REVOKED);
             task_event(w, "task-revoked", &r->msg,
                        json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
             if (r->store_errors)
@@ -1328,6 +1346,16 @@ int cel_worker_main(cel_config *cfg)
     /* Worker events always (Flower's online/offline); task events with -E. */
     w->ev = cel_events_new(w->tr, w->ctl, cfg->hostname, CELERIAC_VERSION);
     w->started_at = cel_monotonic();
+    if (cfg->metrics_port > 0) {
+        w->metrics = cel_metrics_open(cfg->metrics_bind, cfg->metrics_port, err, sizeof err);
+        if (!w->metrics) {
+            cel_crit("%s", err);
+            rc = CEL_EX_USAGE;
+            goto out;
+        }
+        cel_info("Prometheus metrics on http://%s:%d/metrics",
+                 cfg->metrics_bind ? cfg->metrics_bind : "127.0.0.1", cfg->metrics_port);
+    }
     {
         char uerr[256];
         if (cel_url_parse(cfg->broker_url, &w->broker_url, uerr, sizeof uerr) < 0)
@@ -1460,6 +1488,11 @@ int cel_worker_main(cel_config *cfg)
                 fds[nf++] = (struct pollfd){.fd = fd, .events = POLLIN};
             }
         }
+        int metricsfd = -1;
+        if (w->metrics) {
+            metricsfd = nf;
+            fds[nf++] = (struct pollfd){.fd = cel_metrics_fd(w->metrics), .events = POLLIN};
+        }
         int befd = -1;
         if (w->be && cel_backend_reply_fd(w->be) >= 0) {
             befd = nf;
@@ -1494,6 +1527,14 @@ int cel_worker_main(cel_config *cfg)
                 handle_signals(w);
             if (befd >= 0 && fds[befd].revents)
                 cel_backend_recv(w->be);
+            if (metricsfd >= 0 && fds[metricsfd].revents) {
+                cel_metrics_gauges g = {.pool_processes = w->conc,
+                                        .pool_busy = running_count_w(w),
+                                        .prefetched = (int)w->nreqs,
+                                        .broker_reconnects = cel_broker_reconnects,
+                                        .uptime = cel_monotonic() - w->started_at};
+                cel_metrics_serve(w->metrics, &g);
+            }
             if (waitfd >= 0 && fds[waitfd].revents) {
                 cel_delivery d = {0};
                 if (w->tr->ops->wait_ready(w->tr, &d) == 1)
@@ -1554,6 +1595,7 @@ out:
     free(w->reqs);
     free(w->buckets);
     free(w->totals);
+    cel_metrics_close(w->metrics);
     cel_url_free(&w->broker_url);
     cel_events_free(w->ev);
     if (w->ctl && cfg->state_db)
