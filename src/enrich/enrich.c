@@ -5,19 +5,25 @@
  * one export_jobs row, and the job's lifecycle in enrichment_queue_jobs.
  * docs/enrich.md explains the design; in short:
  *
- *   - Two connections per pool process, opened lazily in the process that runs
- *     the task (DATABASE_URL from the worker's environment): `work` carries the
- *     job's single transaction, `status` (autocommit) the job row's visible
- *     lifecycle (running, processed, retrying, failed).
- *   - Exactly-once effects: every write of a job happens in ONE transaction on
- *     `work`, which also holds pg_advisory_xact_lock(job) from its start, so
- *     concurrent duplicates run one after the other; a job already `succeeded`
- *     returns its stored summary and writes nothing.  A crash, a lost
- *     connection or a soft time limit rolls everything back.
- *   - Entries are read through a server-side cursor, FETCH by batch; scores go
- *     to a temporary table with COPY FROM STDIN per batch, then one
- *     INSERT ... ON CONFLICT into rpc_scores and one UPDATE ... FROM into
- *     list_entries.  Memory is bounded by the batch size.
+ *   - Three connections per pool process, opened lazily in the process that
+ *     runs the task (DATABASE_URL from the worker's environment): `work`
+ *     carries the job's main transaction (list_entries, export_jobs, the job
+ *     row's `succeeded`), `rpc` the rpc_scores transaction (it also reads the
+ *     list), `status` (autocommit) the job row's visible lifecycle (running,
+ *     processed, retrying, failed).  Two server sessions let the rpc_scores
+ *     COPY and the list_entries UPDATE run on two cores at once.
+ *   - Exactly-once effects: `work` holds pg_advisory_xact_lock(job) from its
+ *     start, so attempts run one after the other; a job already `succeeded`
+ *     returns its stored summary and writes nothing.  `rpc` holds a second
+ *     per-job lock, starts by deleting the job's rpc_scores rows and commits
+ *     just before `work`; a crash or soft time limit before that rolls both
+ *     back, a crash between the two commits leaves rows that the next
+ *     attempt replaces.  docs/enrich.md has the whole argument.
+ *   - Entries are read through a server-side cursor on `rpc`, FETCH by
+ *     batch; per batch, COPY FROM STDIN into rpc_scores (on `rpc`) and into a
+ *     temporary table then UPDATE ... FROM it into list_entries (on `work`),
+ *     pipelined with the scoring of the next batch.  Memory is bounded by the
+ *     batch size.
  */
 #include <celeriac/score.h>
 #include <celeriac/task.h>
@@ -37,13 +43,13 @@
 static int g_max_retries = 5;        /* ENRICH_MAX_RETRIES */
 static double g_retry_base = 2.0;    /* ENRICH_RETRY_BASE: seconds before the first retry */
 static double g_retry_cap = 300.0;   /* ENRICH_RETRY_MAX: longest countdown */
-static long g_batch = 5000;          /* ENRICH_BATCH_SIZE: rows per FETCH / COPY / PROGRESS */
+static long g_batch = 10000;         /* ENRICH_BATCH_SIZE: rows per FETCH / COPY / PROGRESS */
 static long g_batch_sleep_ms = 0;    /* ENRICH_TEST_BATCH_SLEEP_MS: tests only, slows a job down */
 static long g_lock_timeout_ms = 60000; /* ENRICH_LOCK_TIMEOUT_MS: wait for a running duplicate */
 
 /* Per-process connections; `owner` is the pid that opened them, so a child
  * never uses a connection inherited across fork. */
-static PGconn *g_work, *g_status;
+static PGconn *g_work, *g_status, *g_rpc;
 static pid_t g_owner;
 
 #define ERRCAP 1024
@@ -89,8 +95,15 @@ static int copy_field(buf *b, const char *s, int null_if_empty, char sep)
         if (buf_add(b, "\\N", 2) < 0)
             return -1;
     } else {
-        if (buf_reserve(b, 2 * strlen(s) + 1) < 0)
+        size_t n = strlen(s);
+        if (buf_reserve(b, 2 * n + 1) < 0)
             return -1;
+        if (s[strcspn(s, "\\\t\n\r")] == '\0') { /* nothing to escape: the usual case */
+            memcpy(b->p + b->len, s, n);
+            b->len += n;
+            b->p[b->len++] = sep;
+            return 0;
+        }
         for (const char *p = s; *p; p++) {
             char c = *p;
             const char *esc = c == '\\' ? "\\\\" : c == '\t' ? "\\t" : c == '\n' ? "\\n"
@@ -189,7 +202,7 @@ static PGconn *conn_get(PGconn **slot, char *err, int *config_error)
     if (g_owner != getpid()) {
         /* Inherited from the parent (or never opened): drop without closing,
          * the socket belongs to the parent's session. */
-        g_work = g_status = NULL;
+        g_work = g_status = g_rpc = NULL;
         g_owner = getpid();
     }
     if (*slot && PQstatus(*slot) == CONNECTION_OK)
@@ -239,19 +252,43 @@ static int qx(PGconn *c, const char *sql, int n, const char *const *params, char
 }
 
 /* Best effort: the job row's lifecycle on the status connection (the
- * database may be down: then the row is simply not updated). */
-static void status_update(const char *sql, int n, const char *const *params)
+ * database may be down: then the row is simply not updated). 0 if done. */
+static int status_update(const char *sql, int n, const char *const *params)
 {
     char err[ERRCAP];
     int transient = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
         PGconn *c = conn_get(&g_status, err, NULL);
         if (!c)
-            return;
+            return -1;
         if (qx(c, sql, n, params, err, &transient) == 0)
-            return;
+            return 0;
         if (PQstatus(c) == CONNECTION_OK)
-            return; /* a real error on a live connection: do not loop */
+            return -1; /* a real error on a live connection: do not loop */
+    }
+    return -1;
+}
+
+/* Best effort: the job row's `processed` (progress).  Committed without
+ * waiting for its WAL flush (synchronous_commit off for this transaction
+ * only): a PostgreSQL crash may lose the last progress values, which the next
+ * attempt resets anyway, and the commit does not wait behind the megabytes of
+ * WAL the job's own transactions are writing. */
+static void progress_update(const char *job, long long processed)
+{
+    char err[ERRCAP], sql[256];
+    PGconn *c = conn_get(&g_status, err, NULL);
+    if (!c)
+        return;
+    snprintf(sql, sizeof sql,
+             "BEGIN; SET LOCAL synchronous_commit = off;"
+             " UPDATE enrichment_queue_jobs SET processed = %lld WHERE id = %s; COMMIT",
+             processed, job);
+    PGresult *r = PQexec(c, sql);
+    PQclear(r);
+    if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
+        r = PQexec(c, "ROLLBACK");
+        PQclear(r);
     }
 }
 
@@ -266,13 +303,34 @@ static void job_mark_failed(const char *job, const char *error)
                   2, p);
 }
 
-static void work_rollback(void)
+/* Rolls back whatever transaction c has open (after draining a query still
+ * in flight: a pipelined statement whose result was not read yet). */
+static void conn_rollback(PGconn *c)
 {
-    if (g_work && PQstatus(g_work) == CONNECTION_OK &&
-        PQtransactionStatus(g_work) != PQTRANS_IDLE) {
-        PGresult *r = PQexec(g_work, "ROLLBACK");
+    if (!c || PQstatus(c) != CONNECTION_OK)
+        return;
+    PGresult *r;
+    if (PQtransactionStatus(c) == PQTRANS_ACTIVE) {
+        while ((r = PQgetResult(c)) != NULL) {
+            ExecStatusType st = PQresultStatus(r);
+            PQclear(r);
+            if (st == PGRES_COPY_IN) { /* a COPY we never finished: abort it */
+                PQputCopyEnd(c, "enrich_list: attempt abandoned");
+            }
+        }
+    }
+    if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
+        r = PQexec(c, "ROLLBACK");
         PQclear(r);
     }
+}
+
+/* Both of the job's transactions: `work` (list_entries, export_jobs, job row)
+ * and `rpc` (rpc_scores). */
+static void work_rollback(void)
+{
+    conn_rollback(g_rpc);
+    conn_rollback(g_work);
 }
 
 /* --- argument binding ---------------------------------------------------- */
@@ -347,8 +405,21 @@ typedef struct job {
     long long total, processed;
     long long rpc, wpc, review, no_data;
     double t0;
-    double t_read, t_score, t_copy; /* seconds spent per phase (timing line) */
+    double t_read, t_score, t_copy, t_update; /* seconds waited per phase (timing line) */
+    int rpc_committed; /* the rpc transaction committed (or may have) */
+    /* `work`'s pipeline: a batch's COPY into enrich_out (W_COPY), then its
+     * UPDATE of list_entries (W_UPDATE), sent as soon as the COPY is done,
+     * even mid-way through scoring the next batch, so `work` never idles. */
+    PGconn *w;
+    int wstate;             /* W_IDLE, W_COPY, W_UPDATE */
+    char *upd;              /* the UPDATE to send once the COPY is done (g_upd) */
+    int wfail, wtransient;  /* an error on `work` met while advancing */
+    char *werr;             /* its text (g_werr) */
 } job;
+
+static char g_upd[1024], g_werr[ERRCAP];
+
+enum { W_IDLE, W_COPY, W_UPDATE };
 
 static double now_s(void)
 {
@@ -378,6 +449,8 @@ static double retry_countdown(int retries)
 
 /* Ends a failed attempt: rolls back, records the job row, and returns the
  * task's status (RETRY or FAILURE). */
+static void rpc_cleanup(job *j);
+
 static int fail(job *j, int kind, const char *err)
 {
     cel_task *t = j->t;
@@ -385,6 +458,8 @@ static int fail(job *j, int kind, const char *err)
     if (kind == E_TRANSIENT) {
         int retries = cel_task_retries(t);
         if (retries < g_max_retries) {
+            /* rpc_scores rows the attempt may have committed: the retry
+             * replaces them (its rpc transaction starts with a DELETE). */
             double countdown = retry_countdown(retries);
             char msg[ERRCAP + 64];
             snprintf(msg, sizeof msg, "retry %d/%d in %.1fs: %s", retries + 1, g_max_retries,
@@ -399,20 +474,45 @@ static int fail(job *j, int kind, const char *err)
         }
         char msg[ERRCAP + 64];
         snprintf(msg, sizeof msg, "database error after %d retries: %s", g_max_retries, err);
+        rpc_cleanup(j);
         job_mark_failed(j->id, msg);
         return cel_task_raise(t, "psycopg2", "OperationalError", "enrich_list(%s, %s): %s", j->id,
                               j->list, msg);
     }
     if (kind == E_SOFT_LIMIT) {
+        rpc_cleanup(j);
         job_mark_failed(j->id, "soft time limit exceeded; nothing was written");
         return cel_task_raise(t, "celery.exceptions", "SoftTimeLimitExceeded",
                               "enrich_list(%s, %s): soft time limit exceeded after %lld of %lld "
                               "entries; rolled back",
                               j->id, j->list, j->processed, j->total);
     }
+    rpc_cleanup(j);
     job_mark_failed(j->id, err);
     return cel_task_raise(t, "psycopg2", "DatabaseError", "enrich_list(%s, %s): %s", j->id,
                           j->list, err);
+}
+
+/* A failed attempt that is not retried and whose rpc transaction committed
+ * (only possible if the work COMMIT then failed): remove its rpc_scores rows
+ * unless the job did succeed after all (a COMMIT whose answer was lost).  The
+ * job's advisory lock waits until that COMMIT's fate is settled. */
+static void rpc_cleanup(job *j)
+{
+    if (!j->rpc_committed)
+        return;
+    const char *p[] = {j->id};
+    char sql[64];
+    snprintf(sql, sizeof sql, "SET lock_timeout = %ld", g_lock_timeout_ms);
+    status_update(sql, 0, NULL);
+    /* The lock first, the DELETE after it: the DELETE's snapshot then sees
+     * how that COMMIT ended (READ COMMITTED, autocommit). */
+    if (status_update("SELECT pg_advisory_lock(1701733996, hashint8($1::bigint))", 1, p) < 0)
+        return; /* not settled: leave the rows to a later run of the job */
+    status_update("DELETE FROM rpc_scores WHERE job_id = $1 AND NOT EXISTS"
+                  " (SELECT FROM enrichment_queue_jobs WHERE id = $1 AND status = 'succeeded')",
+                  1, p);
+    status_update("SELECT pg_advisory_unlock(1701733996, hashint8($1::bigint))", 1, p);
 }
 
 #define TRY(expr)                                                                          \
@@ -428,14 +528,75 @@ static const char TMP_TABLE[] =
     " name_suffix text, contact_normalized text, phone_digits text, phone_valid boolean"
     ") ON COMMIT DROP";
 
+static int finish_results(PGconn *c, char *err, int *transient);
+
+/* The rows of a query sent with PQsendQuery (a FETCH), or NULL with err. */
+static PGresult *fetch_result(PGconn *c, char *err, int *transient)
+{
+    PGresult *res = NULL, *r;
+    while ((r = PQgetResult(c)) != NULL) {
+        if (!res && PQresultStatus(r) == PGRES_TUPLES_OK) {
+            res = r;
+            continue;
+        }
+        if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
+            cel_pg_error(c, r, err, ERRCAP);
+            *transient = cel_pg_transient(c, r);
+            PQclear(res);
+            res = NULL;
+            PQclear(r);
+            while ((r = PQgetResult(c)) != NULL)
+                PQclear(r);
+            return NULL;
+        }
+        PQclear(r);
+    }
+    if (!res) {
+        cel_pg_error(c, NULL, err, ERRCAP);
+        *transient = cel_pg_transient(c, NULL);
+    }
+    return res;
+}
+
+/* Advances `work`'s pipeline: if the COPY into enrich_out is done (or,
+ * with block, once it is), reads its outcome and sends the batch's UPDATE. */
+static void w_advance(job *j, int block)
+{
+    if (j->wstate != W_COPY || j->wfail)
+        return;
+    if (!block && (!PQconsumeInput(j->w) || PQisBusy(j->w))) {
+        if (PQstatus(j->w) == CONNECTION_OK)
+            return; /* still ingesting */
+    }
+    j->wstate = W_IDLE;
+    if (finish_results(j->w, j->werr, &j->wtransient) < 0) {
+        j->wfail = 1;
+        return;
+    }
+    if (!PQsendQuery(j->w, j->upd)) {
+        cel_pg_error(j->w, NULL, j->werr, ERRCAP);
+        j->wtransient = cel_pg_transient(j->w, NULL);
+        j->wfail = 1;
+        return;
+    }
+    j->wstate = W_UPDATE;
+}
+
 /* Scores one FETCHed batch into two COPY text buffers: `out` for the
- * enrich_out temporary table (list_entries' new values), `sc` for rpc_scores. */
-static int score_batch(job *j, PGresult *r, buf *out, buf *sc)
+ * enrich_out temporary table (list_entries' new values), `sc` for rpc_scores;
+ * lo/hi get the batch's first and last id.  Keeps `work`'s pipeline moving. */
+static int score_batch(job *j, PGresult *r, buf *out, buf *sc, char lo[24], char hi[24])
 {
     static cel_score_name a, b;
     char field[FIELDCAP], reasons[256], phone[64];
     int rows = PQntuples(r);
+    if (rows > 0) { /* ids in order (ORDER BY id): the batch's range */
+        snprintf(lo, 24, "%s", PQgetvalue(r, 0, 0));
+        snprintf(hi, 24, "%s", PQgetvalue(r, rows - 1, 0));
+    }
     for (int i = 0; i < rows; i++) {
+        if ((i & 255) == 255)
+            w_advance(j, 0);
         const char *full = PQgetisnull(r, i, 1) ? NULL : PQgetvalue(r, i, 1);
         const char *contact = PQgetisnull(r, i, 2) ? NULL : PQgetvalue(r, i, 2);
         const char *ph = PQgetisnull(r, i, 3) ? NULL : PQgetvalue(r, i, 3);
@@ -483,7 +644,7 @@ static int score_batch(job *j, PGresult *r, buf *out, buf *sc)
 }
 
 /* Sends `COPY ... FROM STDIN` with all of data, without waiting for the
- * server to finish ingesting it (copy_finish reads the outcome). In blocking
+ * server to finish ingesting it (finish_results reads the outcome). In blocking
  * mode PQputCopyEnd has flushed everything, so `data` may be reused at once. */
 static int copy_send(PGconn *c, const char *sql, const buf *data, char *err, int *transient)
 {
@@ -505,8 +666,9 @@ static int copy_send(PGconn *c, const char *sql, const buf *data, char *err, int
     return 0;
 }
 
-/* Reads the outcome of the COPY copy_send sent. */
-static int copy_finish(PGconn *c, char *err, int *transient)
+/* Reads the outcome of what was sent last (a COPY from copy_send, or the
+ * statements of a PQsendQuery): 0 if every result is a success. */
+static int finish_results(PGconn *c, char *err, int *transient)
 {
     int rc = 0;
     PGresult *r;
@@ -519,13 +681,6 @@ static int copy_finish(PGconn *c, char *err, int *transient)
         PQclear(r);
     }
     return rc;
-}
-
-static int copy_in(PGconn *c, const char *sql, const buf *data, char *err, int *transient)
-{
-    if (copy_send(c, sql, data, err, transient) < 0)
-        return -1;
-    return copy_finish(c, err, transient);
 }
 
 static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
@@ -565,7 +720,8 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
     snprintf(sql, sizeof sql, "SET lock_timeout = %ld", g_lock_timeout_ms);
     TRY(qx(w, sql, 0, NULL, err, &transient));
     TRY(qx(w, "BEGIN", 0, NULL, err, &transient));
-    /* The final UPDATE ... FROM hashes the job's rows: in memory, not in batches. */
+    /* Room for the per-batch UPDATE ... FROM's hash (kept from the one-UPDATE
+     * design: measured no faster without it). */
     TRY(qx(w, "SET LOCAL work_mem = '64MB'", 0, NULL, err, &transient));
     {
         const char *p[] = {j->id};
@@ -629,7 +785,7 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
         PQclear(r);
         if (!known) {
             work_rollback();
-            char msg[128];
+            char msg[256];
             snprintf(msg, sizeof msg, "unknown list %s", j->list);
             job_mark_failed(j->id, msg);
             return cel_task_raise(t, "builtins", "ValueError", "enrich_list(%s, %s): %s", j->id,
@@ -650,54 +806,81 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
                                                    "total", (json_int_t)j->total));
 
     TRY(qx(w, TMP_TABLE, 0, NULL, err, &transient));
+
+    /* The rpc_scores transaction, on a connection of its own so that the
+     * server ingests rpc_scores (here) and rewrites list_entries (on `work`)
+     * at the same time, on two cores.  It holds the job's second advisory
+     * lock (a session left over from an earlier attempt ends first), removes
+     * the rows of an earlier, unfinished attempt, and reads the list; it
+     * commits just before `work` does (docs/enrich.md, "Exactly-once"). */
+    PGconn *rp = conn_get(&g_rpc, err, &config_error);
+    if (!rp)
+        return fail(j, E_TRANSIENT, err);
+    snprintf(sql, sizeof sql, "SET lock_timeout = %ld", g_lock_timeout_ms);
+    TRY(qx(rp, sql, 0, NULL, err, &transient));
+    TRY(qx(rp, "BEGIN", 0, NULL, err, &transient));
     {
-        /* rpc_scores rows of a job that has not succeeded can only be an
-         * earlier, replaced run's (e.g. a job an operator set back to queued):
-         * this run's rows replace them, in the same transaction. */
         const char *p[] = {j->id};
-        TRY(qx(w, "DELETE FROM rpc_scores WHERE job_id = $1", 1, p, err, &transient));
+        TRY(qx(rp, "SELECT pg_advisory_xact_lock(1701733997, hashint8($1::bigint))", 1, p, err,
+               &transient));
+        TRY(qx(rp, "DELETE FROM rpc_scores WHERE job_id = $1", 1, p, err, &transient));
     }
     snprintf(sql, sizeof sql,
              "DECLARE enrich_cur NO SCROLL CURSOR FOR SELECT id, full_name, contact_name, phone"
              " FROM list_entries WHERE list_id = %s ORDER BY id",
              j->list);
-    TRY(qx(w, sql, 0, NULL, err, &transient));
+    TRY(qx(rp, sql, 0, NULL, err, &transient));
     snprintf(sql, sizeof sql, "FETCH FORWARD %ld FROM enrich_cur", g_batch);
-    /* A pipeline of two stages: while the server ingests batch k's COPY into
-     * rpc_scores, this process scores batch k+1 (fetched just before), so
-     * the scorer's time hides behind the server's on a multi-core machine. */
+    /* A pipeline of three stages over two cores: while the server ingests
+     * batch k into rpc_scores (on `rpc`) and updates list_entries from it (on
+     * `work`, COPY into enrich_out then UPDATE ... FROM enrich_out for the
+     * batch's id range), this process scores batch k+1. */
     buf out = {0}, sc = {0};
-    int kind = 0; /* set on failure: E_* */
+    char lo[24] = "", hi[24] = ""; /* the id range of the batch in out/sc */
+    int kind = 0;                  /* set on failure: E_* */
+    j->w = w;
+    j->wstate = W_IDLE;
+    j->upd = g_upd;
+    j->werr = g_werr;
     double ta = now_s();
-    r = q(w, sql, 0, NULL, err, &transient);
+    r = q(rp, sql, 0, NULL, err, &transient);
     j->t_read += now_s() - ta;
     if (!r)
         return fail(j, transient ? E_TRANSIENT : E_PERMANENT, err);
     int rows = PQntuples(r);
     if (rows > 0) {
         ta = now_s();
-        if (score_batch(j, r, &out, &sc) < 0)
+        if (score_batch(j, r, &out, &sc, lo, hi) < 0)
             kind = E_PERMANENT, snprintf(err, ERRCAP, "out of memory");
         j->t_score += now_s() - ta;
     }
     PQclear(r);
+    int prefetched = 0; /* the FETCH of the next batch was sent already */
     while (rows > 0 && !kind) {
-        /* batch k is scored, in out/sc */
+        /* batch k is scored, in out/sc (ids lo..hi) */
         ta = now_s();
-        if (copy_in(w, "COPY enrich_out FROM STDIN", &out, err, &transient) < 0) {
-            kind = transient ? E_TRANSIENT : E_PERMANENT;
-            break;
-        }
-        j->t_copy += now_s() - ta;
-        ta = now_s();
-        PGresult *next = q(w, sql, 0, NULL, err, &transient);
+        PGresult *next = prefetched ? fetch_result(rp, err, &transient)
+                                    : q(rp, sql, 0, NULL, err, &transient);
+        prefetched = 0;
         j->t_read += now_s() - ta;
         if (!next) {
             kind = transient ? E_TRANSIENT : E_PERMANENT;
             break;
         }
         ta = now_s();
-        if (copy_send(w,
+        if (j->wstate == W_UPDATE) { /* batch k-1's UPDATE */
+            j->wstate = W_IDLE;
+            if (finish_results(w, j->werr, &j->wtransient) < 0)
+                j->wfail = 1;
+        }
+        j->t_update += now_s() - ta;
+        if (j->wfail) {
+            PQclear(next);
+            break;
+        }
+        ta = now_s();
+        if (copy_send(w, "COPY enrich_out FROM STDIN", &out, err, &transient) < 0 ||
+            copy_send(rp,
                       "COPY rpc_scores (job_id, list_entry_id, score, class, reasons,"
                       " model_version) FROM STDIN",
                       &sc, err, &transient) < 0) {
@@ -706,15 +889,29 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
             break;
         }
         j->t_copy += now_s() - ta;
+        j->wstate = W_COPY;
+        snprintf(j->upd, sizeof g_upd,
+                 "UPDATE list_entries e SET rpc_score = o.score, rpc_class = o.class,"
+                 " rpc_reasons = o.reasons, name_normalized = o.name_normalized,"
+                 " name_given = o.name_given, name_middle = o.name_middle,"
+                 " name_surname = o.name_surname, name_suffix = o.name_suffix,"
+                 " contact_normalized = o.contact_normalized, phone_digits = o.phone_digits,"
+                 " phone_valid = o.phone_valid, enriched_at = now(), last_job_id = %s"
+                 " FROM enrich_out o WHERE e.id = o.entry_id AND e.id BETWEEN %s AND %s;"
+                 " TRUNCATE enrich_out",
+                 j->id, lo, hi);
         int next_rows = PQntuples(next);
         ta = now_s();
         out.len = sc.len = 0;
-        int scored = next_rows > 0 ? score_batch(j, next, &out, &sc) : 0;
+        int scored = next_rows > 0 ? score_batch(j, next, &out, &sc, lo, hi) : 0;
         j->t_score += now_s() - ta;
         PQclear(next);
         ta = now_s();
-        int crc = copy_finish(w, err, &transient);
+        w_advance(j, 1); /* batch k's UPDATE, if scoring did not send it */
+        int crc = j->wfail ? 0 : finish_results(rp, err, &transient);
         j->t_copy += now_s() - ta;
+        if (j->wfail)
+            break;
         if (crc < 0) {
             kind = transient ? E_TRANSIENT : E_PERMANENT;
             break;
@@ -724,7 +921,17 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
             snprintf(err, ERRCAP, "out of memory");
             break;
         }
-        /* batch k is written */
+        /* `rpc` reads batch k+2 while this process reports progress */
+        if (next_rows > 0) {
+            if (!PQsendQuery(rp, sql)) {
+                cel_pg_error(rp, NULL, err, ERRCAP);
+                transient = cel_pg_transient(rp, NULL);
+                kind = transient ? E_TRANSIENT : E_PERMANENT;
+                break;
+            }
+            prefetched = 1;
+        }
+        /* batch k is in rpc_scores; its list_entries UPDATE may still run */
         j->processed += rows;
         rows = next_rows;
         cel_task_update_state(t, "PROGRESS",
@@ -732,10 +939,7 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
                                         "total", (json_int_t)(j->total > j->processed
                                                                   ? j->total
                                                                   : j->processed)));
-        char done[24];
-        snprintf(done, sizeof done, "%lld", j->processed);
-        const char *p[] = {j->id, done};
-        status_update("UPDATE enrichment_queue_jobs SET processed = $2 WHERE id = $1", 2, p);
+        progress_update(j->id, j->processed);
         if (g_batch_sleep_ms > 0)
             usleep((useconds_t)g_batch_sleep_ms * 1000);
         if (cel_task_soft_limit_exceeded(t)) {
@@ -745,26 +949,22 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
     }
     free(out.p);
     free(sc.p);
+    if (!kind && !j->wfail && j->wstate == W_UPDATE) {
+        ta = now_s();
+        if (finish_results(w, j->werr, &j->wtransient) < 0)
+            j->wfail = 1;
+        j->wstate = W_IDLE;
+        j->t_update += now_s() - ta;
+    }
+    if (!kind && j->wfail) {
+        kind = j->wtransient ? E_TRANSIENT : E_PERMANENT;
+        snprintf(err, ERRCAP, "%s", j->werr);
+    }
     if (kind)
         return fail(j, kind, err);
-    j->total = j->processed; /* what was read, in the transaction's snapshot */
+    j->total = j->processed; /* what was read, in the cursor's snapshot */
 
-    TRY(qx(w, "CLOSE enrich_cur", 0, NULL, err, &transient));
-    /* No ANALYZE of enrich_out: it costs more than the plan it would improve. */
-    double t_ins = now_s(), t_upd = 0;
-    {
-        const char *p[] = {j->id};
-        TRY(qx(w,
-               "UPDATE list_entries e SET rpc_score = o.score, rpc_class = o.class,"
-               " rpc_reasons = o.reasons, name_normalized = o.name_normalized,"
-               " name_given = o.name_given, name_middle = o.name_middle,"
-               " name_surname = o.name_surname, name_suffix = o.name_suffix,"
-               " contact_normalized = o.contact_normalized, phone_digits = o.phone_digits,"
-               " phone_valid = o.phone_valid, enriched_at = now(), last_job_id = $1"
-               " FROM enrich_out o WHERE e.id = o.entry_id",
-               1, p, err, &transient));
-        t_upd = now_s();
-    }
+    double t_fin = now_s();
     char n_total[24], n_rpc[24], n_wpc[24], n_review[24], n_nodata[24];
     snprintf(n_total, sizeof n_total, "%lld", j->total);
     snprintf(n_rpc, sizeof n_rpc, "%lld", j->rpc);
@@ -816,6 +1016,15 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
             return fail(j, transient ? E_TRANSIENT : E_PERMANENT, err);
         }
     }
+    /* rpc_scores first, then the job's `succeeded` with list_entries and
+     * export_jobs.  Between the two commits the rows exist for a job that is
+     * not yet succeeded; a crash there leaves them to the next attempt, which
+     * replaces them (and fail() removes them when there is none). */
+    j->rpc_committed = 1; /* or maybe: a COMMIT whose answer is lost */
+    if (qx(rp, "COMMIT", 0, NULL, err, &transient) < 0) {
+        json_decref(summary);
+        return fail(j, transient ? E_TRANSIENT : E_PERMANENT, err);
+    }
     if (qx(w, "COMMIT", 0, NULL, err, &transient) < 0) {
         /* A COMMIT whose answer was lost may or may not have committed: the
          * retry finds out (a succeeded job returns its stored summary). */
@@ -825,9 +1034,9 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
     double t_end = now_s();
     fprintf(stderr,
             "enrich_list(%s, %s): %lld entries in %.3fs: fetch %.3fs, score %.3fs,"
-            " wait for COPY %.3fs, update list_entries %.3fs, export+commit %.3fs\n",
+            " wait for COPY %.3fs, wait for list_entries UPDATE %.3fs, export+commit %.3fs\n",
             j->id, j->list, j->total, t_end - j->t0, j->t_read, j->t_score, j->t_copy,
-            t_upd - t_ins, t_end - t_upd);
+            j->t_update, t_end - t_fin);
     return cel_task_return(t, summary);
 }
 
@@ -836,7 +1045,7 @@ int celeriac_module_init(cel_registry *reg)
     g_max_retries = (int)env_long("ENRICH_MAX_RETRIES", 5, 0, 1000);
     g_retry_base = env_double("ENRICH_RETRY_BASE", 2.0);
     g_retry_cap = env_double("ENRICH_RETRY_MAX", 300.0);
-    g_batch = env_long("ENRICH_BATCH_SIZE", 5000, 1, 1000000);
+    g_batch = env_long("ENRICH_BATCH_SIZE", 10000, 1, 1000000);
     g_batch_sleep_ms = env_long("ENRICH_TEST_BATCH_SLEEP_MS", 0, 0, 600000);
     g_lock_timeout_ms = env_long("ENRICH_LOCK_TIMEOUT_MS", 60000, 0, 86400000);
     cel_task_options o = {

@@ -468,3 +468,43 @@ def test_soft_time_limit_fails_cleanly(enrich_worker, celery_app, db):
     assert jr["status"] == "failed"
     assert one(db, "SELECT count(*) FROM rpc_scores WHERE job_id = %s", job_id)[0] == 0
     assert one(db, "SELECT count(*) FROM export_jobs WHERE enrichment_job_id = %s", job_id)[0] == 0
+
+
+def test_rows_of_an_unfinished_attempt_are_replaced(enrich_worker, celery_app, db, pg):
+    """What a crash between the two commits leaves (docs/enrich.md, "Exactly-once effects"):
+    rpc_scores rows committed for a job that is not succeeded, here written by a session that
+    still holds the job's rpc lock and commits only after the new attempt has started. The
+    new attempt waits for that session, replaces its rows, and ends with exactly one row per
+    entry (none for ids outside the list)."""
+    enrich_worker()
+    n = 2_000
+    list_id = seed_big(db, n)
+    job_id = next_id()
+    first = list_id * 10_000_000 + 1
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO enrichment_queue_jobs (id, list_id, status, attempts)"
+                    " VALUES (%s, %s, 'running', 1)", (job_id, list_id))
+    stale = pg.connect(autocommit=False)
+    try:
+        with stale.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(1701733997, hashint8(%s::bigint))",
+                        (job_id,))
+            cur.execute("INSERT INTO rpc_scores (job_id, list_entry_id, score, class)"
+                        " SELECT %s, g, 0, 'WPC' FROM generate_series(%s, %s) g",
+                        (job_id, first, first + 99))
+            cur.execute("INSERT INTO rpc_scores (job_id, list_entry_id, score, class)"
+                        " VALUES (%s, 1, 0, 'WPC')", (job_id,))
+        res = send_enrich(celery_app, job_id, list_id)
+        wait_until(lambda: (job_row(db, job_id) or {}).get("attempts") == 2, scaled(30),
+                   what="the new attempt to start")
+        time.sleep(0.5)
+        assert res.state != "SUCCESS"  # it waits for the stale session's lock
+        stale.commit()
+    finally:
+        stale.close()
+    summary = res.get(timeout=GET_TIMEOUT)
+    assert summary["total"] == n
+    assert job_row(db, job_id)["status"] == "succeeded"
+    check_effects(db, job_id, list_id, n)
+    assert one(db, "SELECT count(*) FROM rpc_scores WHERE job_id = %s AND list_entry_id = 1",
+               job_id)[0] == 0
