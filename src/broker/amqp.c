@@ -414,7 +414,7 @@ static int above_add(amqp_transport *t, uint64_t tag)
  * 12-14k msg/s acking each message, 33-35k acking every fourth with
  * multiple=true.  Tasks start (and are acked) almost in delivery order, so
  * the acks of a turn usually close a contiguous range of tags: one
- * ack(multiple=true) for the highest tag covers it.  Only tags that are
+ * ack(multiple=true) for the highest tag acked in the turn covers it.  Only tags that are
  * all settled are covered — a message still held (reserved, ETA, running
  * with acks_late) is never acked by a range; acks beyond a gap go out one
  * by one, as before.  Rejects always go singly, before the range ack. */
@@ -447,12 +447,17 @@ static int send_out(amqp_transport *t)
         memmove(t->above, t->above + k, (t->nabove - k) * sizeof *t->above);
         t->nabove -= k;
     }
-    /* A range ack only when it covers at least one ack of this turn (the
-     * range may also close over rejects, which are no longer outstanding). */
-    bool range = false;
+    /* The range ack names the highest tag acked in this turn: RabbitMQ
+     * refuses (406 unknown delivery tag, closing the channel) a multiple
+     * ack whose own tag is no longer outstanding — one acked singly in an
+     * earlier turn, or rejected — while the tags below it that are already
+     * settled are simply skipped. */
+    uint64_t hi = 0;
     for (size_t i = 0; i < t->nout && tracked; i++)
-        if (!t->out[i].reject && t->out[i].tag > from && t->out[i].tag <= t->settled)
-            range = true;
+        if (!t->out[i].reject && t->out[i].tag > from && t->out[i].tag <= t->settled &&
+            t->out[i].tag > hi)
+            hi = t->out[i].tag;
+    bool range = hi > 0;
     for (size_t i = 0; i < t->nout; i++) {
         if (t->out[i].reject || (tracked && t->out[i].tag <= t->settled))
             continue;
@@ -463,7 +468,7 @@ static int send_out(amqp_transport *t)
         }
     }
     if (range) {
-        int st = amqp_basic_ack(t->a->c, CEL_ACH, t->settled, 1);
+        int st = amqp_basic_ack(t->a->c, CEL_ACH, hi, 1);
         if (st != AMQP_STATUS_OK) {
             went_down(t, amqp_error_string2(st));
             return -1;

@@ -258,6 +258,23 @@ def _make_ca(d, name):
             "keyfile": str(d / (name + "-server.key"))}
 
 
+def test_acks_out_of_order_keep_the_channel(start_worker, kind, celery_app):
+    """acks_late: later deliveries finish (and are acked) before earlier ones.
+    A coalesced ack must name a tag still outstanding: a multiple=true ack of
+    a tag acked singly before closes the channel (406 unknown delivery tag)
+    and RabbitMQ redelivers what was running (found by a chord test)."""
+    w = start_worker(kind, concurrency=4, env={"CELERY_TASK_ACKS_LATE": "1"},
+                     args=["--acks-late"] if kind == "celeriac" else [])
+    for _ in range(3):
+        slow = [send(celery_app, "apply_async", "examples.sleep", [d]) for d in (0.6, 0.4, 0.2)]
+        fast = send(celery_app, "apply_async", "examples.add", [1, 1])
+        assert fast.get(timeout=GET_TIMEOUT) == 2
+        assert [r.get(timeout=GET_TIMEOUT) for r in slow] == [0.6, 0.4, 0.2]
+    time.sleep(0.5)
+    log = w.log_text(0)
+    assert "unknown delivery tag" not in log and "Connection to broker lost" not in log, log[-2000:]
+
+
 @pytest.fixture(scope="module")
 def tls_rabbit(tmp_path_factory):
     from rabbitmq import RabbitServer
