@@ -627,6 +627,22 @@ static int declare_once(amqp_transport *t, const char *queue, char *err, size_t 
     return 0;
 }
 
+/* Properties of a transient JSON message (events, remote-control replies),
+ * as kombu sends them: content type/encoding, headers `h`, delivery_mode 1. */
+static amqp_basic_properties_t transient_json(amqp_table_entry_t *h, int n)
+{
+    amqp_basic_properties_t props = {0};
+    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
+                   AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+                   AMQP_BASIC_PRIORITY_FLAG;
+    props.content_type = cel_abytes("application/json");
+    props.content_encoding = cel_abytes("utf-8");
+    props.delivery_mode = 1;
+    props.priority = 0;
+    props.headers = (amqp_table_t){.num_entries = n, .entries = h};
+    return props;
+}
+
 /* Events go to the `celeryev` topic exchange (durable, as Celery declares
  * it) on a connection of their own without confirms: fire and forget, as
  * Celery's dispatcher, so a burst of events never waits on the broker. */
@@ -652,15 +668,7 @@ static int at_publish_event(cel_transport *base, const char *routing_key, const 
     h[0].key = amqp_cstring_bytes("hostname");
     h[0].value.kind = AMQP_FIELD_KIND_UTF8;
     h[0].value.value.bytes = cel_abytes(hostname);
-    amqp_basic_properties_t props = {0};
-    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
-                   AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-                   AMQP_BASIC_PRIORITY_FLAG;
-    props.content_type = cel_abytes("application/json");
-    props.content_encoding = cel_abytes("utf-8");
-    props.delivery_mode = 1;
-    props.priority = 0;
-    props.headers = (amqp_table_t){.num_entries = 1, .entries = h};
+    amqp_basic_properties_t props = transient_json(h, 1);
     amqp_bytes_t b = {.len = len, .bytes = (void *)body};
     int st = amqp_basic_publish(t->ev->c, CEL_ACH, cel_abytes("celeryev"),
                                 cel_abytes(routing_key), 0, 0, &props, b);
@@ -715,15 +723,7 @@ static int at_control_reply(cel_transport *base, const char *exchange, const cha
     h[1].key = amqp_cstring_bytes("clock");
     h[1].value.kind = AMQP_FIELD_KIND_I64;
     h[1].value.value.i64 = clock;
-    amqp_basic_properties_t props = {0};
-    props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CONTENT_ENCODING_FLAG |
-                   AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-                   AMQP_BASIC_PRIORITY_FLAG;
-    props.content_type = cel_abytes("application/json");
-    props.content_encoding = cel_abytes("utf-8");
-    props.delivery_mode = 1;
-    props.priority = 0;
-    props.headers = (amqp_table_t){.num_entries = 2, .entries = h};
+    amqp_basic_properties_t props = transient_json(h, 2);
     cel_apub st = cel_aconn_publish(t->pub, exchange, routing_key, &props, body, len, false,
                                     PUBLISH_TIMEOUT, err, sizeof err);
     if (st == CEL_APUB_ERROR) {

@@ -1460,45 +1460,41 @@ done:
     return out;
 }
 
-char *cel_message_build_reply(const char *exchange, const char *routing_key, const char *ticket,
-                              long long clock, const char *body, size_t len)
+/* A transient kombu envelope for a fanout/direct exchange (remote-control
+ * replies, events): JSON body in base64, `headers` (stolen), delivery_mode 1. */
+static char *build_transient(const char *exchange, const char *routing_key, json_t *headers,
+                             const char *body, size_t len)
 {
     size_t blen = 0;
     char *b64 = cel_b64_encode(body, len, &blen);
     char tag[37];
     cel_uuid4(tag);
-    json_t *env = b64 ? json_pack("{s:s, s:s, s:s, s:{s:s, s:I}, s:{s:i, s:{s:s, s:s}, s:i, "
-                                  "s:s, s:s}}",
+    json_t *env = b64 && headers
+                      ? json_pack("{s:s, s:s, s:s, s:O, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}",
                                   "body", b64, "content-encoding", "utf-8", "content-type",
-                                  "application/json", "headers", "ticket", ticket, "clock",
-                                  (json_int_t)clock, "properties", "delivery_mode", 1,
-                                  "delivery_info", "exchange", exchange, "routing_key",
-                                  routing_key, "priority", 0, "body_encoding", "base64",
-                                  "delivery_tag", tag)
+                                  "application/json", "headers", headers, "properties",
+                                  "delivery_mode", 1, "delivery_info", "exchange", exchange,
+                                  "routing_key", routing_key, "priority", 0, "body_encoding",
+                                  "base64", "delivery_tag", tag)
                       : NULL;
     char *text = env ? cel_json_dumps_py(env, NULL) : NULL;
     json_decref(env);
+    json_decref(headers);
     free(b64);
     return text;
+}
+
+char *cel_message_build_reply(const char *exchange, const char *routing_key, const char *ticket,
+                              long long clock, const char *body, size_t len)
+{
+    return build_transient(exchange, routing_key,
+                           json_pack("{s:s, s:I}", "ticket", ticket, "clock", (json_int_t)clock),
+                           body, len);
 }
 
 char *cel_message_build_event(const char *routing_key, const char *hostname, const char *body,
                               size_t len)
 {
-    size_t blen = 0;
-    char *b64 = cel_b64_encode(body, len, &blen);
-    char tag[37];
-    cel_uuid4(tag);
-    json_t *env = b64 ? json_pack("{s:s, s:s, s:s, s:{s:s}, s:{s:i, s:{s:s, s:s}, s:i, s:s, "
-                                  "s:s}}",
-                                  "body", b64, "content-encoding", "utf-8", "content-type",
-                                  "application/json", "headers", "hostname", hostname,
-                                  "properties", "delivery_mode", 1, "delivery_info", "exchange",
-                                  "celeryev", "routing_key", routing_key, "priority", 0,
-                                  "body_encoding", "base64", "delivery_tag", tag)
-                      : NULL;
-    char *text = env ? cel_json_dumps_py(env, NULL) : NULL;
-    json_decref(env);
-    free(b64);
-    return text;
+    return build_transient("celeryev", routing_key, json_pack("{s:s}", "hostname", hostname),
+                           body, len);
 }
