@@ -9,7 +9,8 @@
  * celery-wire-contract.md §6).
  *
  * Commands so far: ping, revoke (with terminate and signal), terminate,
- * revoked, clock, enable_events, disable_events, heartbeat; anything else gets Celery's {"error": "KeyError('<m>')"}.
+ * revoked, clock, enable_events, disable_events, heartbeat, hello (mingle);
+ * the worker's own (inspect, shutdown, limits) through host.command; anything else gets Celery's {"error": "KeyError('<m>')"}.
  *
  * Why a module of its own: the transports only carry envelopes in and
  * replies out; what a command means lives here, and what it changes in the
@@ -150,11 +151,13 @@ bool cel_control_is_revoked(cel_control *c, const char *task_id)
     return false;
 }
 
-static void add_revoked(cel_control *c, const char *id)
+static void add_revoked_at(cel_control *c, const char *id, double at)
 {
+    if (cel_monotonic() - at > REVOKE_EXPIRES)
+        return; /* already expired (a stale hello entry) */
     for (size_t i = 0; i < c->nrevoked; i++)
         if (!strcmp(c->revoked[i].id, id)) {
-            c->revoked[i].at = cel_monotonic();
+            c->revoked[i].at = at;
             return;
         }
     if (cel_grow(&c->revoked, &c->caprevoked, c->nrevoked, sizeof *c->revoked, 64) < 0)
@@ -162,9 +165,11 @@ static void add_revoked(cel_control *c, const char *id)
     char *dup = strdup(id);
     if (!dup)
         return;
-    c->revoked[c->nrevoked++] = (revoked_id){dup, cel_monotonic()};
+    c->revoked[c->nrevoked++] = (revoked_id){dup, at};
     expire_revoked(c);
 }
+
+static void add_revoked(cel_control *c, const char *id) { add_revoked_at(c, id, cel_monotonic()); }
 
 /* "SIGTERM", "TERM", 15 or null -> a signal number (default SIGTERM). */
 static int signal_number(const json_t *v)
@@ -237,6 +242,35 @@ static json_t *cmd_revoke(cel_control *c, const json_t *args, bool terminate)
     return out;
 }
 
+/* hello (mingle): another node starting up sends its revoked ids and asks
+ * for ours; Celery merges them and answers {"revoked": {id: [time, id]},
+ * "clock": n}.  Our own hello (we send none) is ignored. */
+static json_t *cmd_hello(cel_control *c, const json_t *args, bool *reply)
+{
+    const char *from = json_string_value(json_object_get(args, "from_node"));
+    if (!from || !strcmp(from, c->host.hostname)) {
+        *reply = false;
+        return NULL;
+    }
+    cel_info("sync with %s", from);
+    /* {id: [inserted, id]}: LimitedSet's entries, stamped with the sender's
+     * monotonic clock (the same clock on one host); stale ones expire at once,
+     * as Celery's purge() drops them. */
+    const json_t *theirs = json_object_get(args, "revoked");
+    const char *id;
+    const json_t *v;
+    json_object_foreach((json_t *)theirs, id, v) {
+        const json_t *ts = json_is_array(v) ? json_array_get(v, 0) : v;
+        add_revoked_at(c, id, json_is_number(ts) ? json_number_value(ts) : cel_monotonic());
+    }
+    expire_revoked(c);
+    json_t *mine = json_object();
+    for (size_t i = 0; i < c->nrevoked; i++)
+        json_object_set_new(mine, c->revoked[i].id,
+                            json_pack("[f, s]", c->revoked[i].at, c->revoked[i].id));
+    return json_pack("{s:o, s:I}", "revoked", mine, "clock", (json_int_t)++c->clock);
+}
+
 static json_t *cmd_revoked(cel_control *c)
 {
     expire_revoked(c);
@@ -305,6 +339,8 @@ void cel_control_handle(cel_control *c, const char *envelope, size_t len)
         payload = cmd_revoke(c, args, false);
     } else if (!strcmp(method, "terminate")) {
         payload = cmd_revoke(c, args, true);
+    } else if (!strcmp(method, "hello")) {
+        payload = cmd_hello(c, args, &reply);
     } else if (!strcmp(method, "revoked")) {
         payload = cmd_revoked(c);
     } else if ((!strcmp(method, "enable_events") || !strcmp(method, "disable_events")) &&

@@ -209,3 +209,36 @@ def test_celery_cli_inspect_and_control(worker, kind, celery_app, urls):
                            text=True, timeout=60, env=env)
         assert p.returncode == 0, (cmd, p.stdout, p.stderr)
         assert node in p.stdout, (cmd, p.stdout)
+
+
+def test_hello_shares_revoked_ids(worker, kind, celery_app, differential):
+    """mingle's hello from another node: its revoked ids are merged and ours
+    come back, with the clock."""
+    node = _node(celery_app, worker)
+    theirs = str(uuid.uuid4())
+    replies = celery_app.app.control.broadcast(
+        "hello", arguments={"from_node": "other@elsewhere",
+                            "revoked": {theirs: [time.monotonic(), theirs]}},
+        destination=[node], reply=True, timeout=2.0)
+    assert len(replies) == 1 and set(replies[0][node]) == {"revoked", "clock"}
+    assert theirs in replies[0][node]["revoked"]
+    revoked = celery_app.app.control.inspect(destination=[node], timeout=2.0).revoked()
+    assert theirs in revoked[node]
+    differential.check(kind, "hello", sorted(replies[0][node]))
+
+
+@pytest.mark.redis_broker
+def test_garbage_on_the_pidbox_channel(worker, kind, celery_app, redis_server):
+    """Malformed remote-control messages are logged and dropped; the worker
+    still answers the next ping."""
+    if kind == "python":
+        pytest.skip("the Python worker stops answering after these (seen here)")
+    node = _node(celery_app, worker)
+    client = redis_server.client(0)
+    for junk in (b"not json", b'{"body": "!!!not base64"}', b'{"body": "e30="}',
+                 b'{"body": "W10=", "headers": {"clock": "x"}}'):
+        client.publish("/0.celery.pidbox", junk)
+    time.sleep(0.3)
+    assert worker.alive()
+    assert celery_app.app.control.ping(destination=[node], timeout=2.0) == [
+        {node: {"ok": "pong"}}]
