@@ -242,3 +242,32 @@ def test_garbage_on_the_pidbox_channel(worker, kind, celery_app, redis_server):
     assert worker.alive()
     assert celery_app.app.control.ping(destination=[node], timeout=2.0) == [
         {node: {"ok": "pong"}}]
+
+
+def test_mixed_cluster_answers_one_broadcast(workers, clean_redis, celery_app):
+    """Two celeriac workers and one Python worker on one broker: a single ping
+    broadcast and a single `inspect registered` get an answer from each, and
+    all three share the queue's work."""
+    workers.stop_all()
+    started = []
+    try:
+        for kind in ("celeriac", "celeriac", "python"):
+            w = workers.make(kind, tag="mix")
+            workers.workers.append(w)
+            started.append(w.start())
+        names = {w.name for w in started}
+        replies = wait_until(
+            lambda: (lambda r: r if {n.split("@", 1)[0] for x in r for n in x} >= names
+                     else None)(celery_app.app.control.ping(timeout=2.0)),
+            scaled(20), what="pings from all three")
+        mine = {n: v for x in replies for n, v in x.items() if n.split("@", 1)[0] in names}
+        assert len(mine) == 3 and all(v == {"ok": "pong"} for v in mine.values()), replies
+        reg = celery_app.app.control.inspect(timeout=2.0).registered()
+        ours = {n: v for n, v in reg.items() if n.split("@", 1)[0] in names}
+        assert len(ours) == 3 and all("examples.add" in v for v in ours.values()), reg
+        rs = [send(celery_app, "apply_async", "examples.add", [i, 1]) for i in range(60)]
+        assert [r.get(timeout=GET_TIMEOUT) for r in rs] == [i + 1 for i in range(60)]
+    finally:
+        for w in started:
+            if w.alive():
+                workers.stop_checked(w)
