@@ -191,7 +191,10 @@ def test_rate_limit_burst(start_worker, kind, celery_app, differential):
     took = time.monotonic() - t0
     assert [v["args"] for v in values] == [[i] for i in range(30)]
     assert took >= 2.5, "30 tasks at 10/s finished in %.2fs" % took
-    assert took < scaled(15), "rate limit held tasks too long: %.2fs" % took
+    # The reference worker is not under test for speed: Celery's own timer
+    # took 15 s for this burst in one CI run (3 s in others).
+    if kind == "celeriac":
+        assert took < scaled(15), "rate limit held tasks too long: %.2fs" % took
     differential.check(kind, "rate-limit-burst", values)
 
 
