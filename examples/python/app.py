@@ -133,5 +133,22 @@ def crash():
     time.sleep(10)  # not reached
 
 
+@app.task(name="chaos.record", bind=True)
+def chaos_record(self, seq, sleep_ms=0):
+    """The chaos suite's execution recorder (examples/tasks/chaos.c): one line
+    "<task id> <worker pid> <pool pid> <unix time>" appended to $CHAOS_RECORD_FILE."""
+    if sleep_ms:
+        time.sleep(sleep_ms / 1000.0)
+    path = os.environ.get("CHAOS_RECORD_FILE")
+    if path:
+        line = "%s %d %d %.6f\n" % (self.request.id, os.getppid(), os.getpid(), time.time())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    return seq
+
+
 if __name__ == "__main__":
     app.start()
