@@ -8,6 +8,7 @@
 #   PYTEST_ARGS="-k crash" bash tests/run.sh   extra pytest arguments
 #   INTEROP_BROKERS="redis" bash tests/run.sh   only some broker settings
 #   FUZZ_SECONDS=10 bash tests/run.sh  a shorter scorer fuzz run (default 45)
+#   VALGRIND_TASKS=300 bash tests/run.sh  fewer tasks under valgrind (default 2000)
 #
 # The interop suite runs once per broker setting (tests/interop/conftest.py):
 # redis (Redis broker and results), amqp (RabbitMQ, rpc:// results) and
@@ -86,6 +87,9 @@ if run_step "build" build "$LOGS/build.log" build_tree build; then
     # A short libFuzzer run of the name scorer (clang, ASan+UBSan).
     run_step "fuzz scorer" build "$LOGS/fuzz-score.log" \
         bash tests/fuzz/run.sh "${FUZZ_SECONDS:-45}"
+    # The worker under valgrind memcheck for a few thousand tasks: no error, no leak.
+    run_step "valgrind" build "$LOGS/valgrind.log" \
+        bash tests/valgrind/run.sh "${VALGRIND_TASKS:-2000}"
     for b in $BROKERS; do
         run_step "interop $b" pytest "$LOGS/interop-$b.log" \
             interop build "$LOGS/interop-build-$b" INTEROP_BROKER="$b"
