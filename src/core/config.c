@@ -732,6 +732,8 @@ void cel_config_free(cel_config *c)
     free(c->logfile);
     free(c->state_db);
     free(c->metrics_bind);
+    free(c->uid);
+    free(c->gid);
     free(c->broker_transport_options);
     tls_free(&c->broker_use_ssl);
     free(c->task_default_queue);
@@ -1048,6 +1050,32 @@ static int set_metrics_bind(cel_config *c, const char *name, const char *value, 
     return 0;
 }
 
+/* --uid/--gid: kept as text (a name or a number); src/core/privs.c resolves
+ * them when it drops privileges, so a typo is reported there. */
+static int set_uid_text(char **slot, const char *name, const char *value, char *err,
+                        size_t errlen)
+{
+    char *t = trimmed_copy(value);
+    if (!t || !*t) {
+        free(t);
+        set_err(err, errlen, "%s: expected a user or group name or number", name);
+        return -1;
+    }
+    free(*slot);
+    *slot = t;
+    return 0;
+}
+
+static int set_uid(cel_config *c, const char *name, const char *value, char *err, size_t errlen)
+{
+    return set_uid_text(&c->uid, name, value, err, errlen);
+}
+
+static int set_gid(cel_config *c, const char *name, const char *value, char *err, size_t errlen)
+{
+    return set_uid_text(&c->gid, name, value, err, errlen);
+}
+
 static int set_state_db(cel_config *c, const char *name, const char *value, char *err,
                         size_t errlen)
 {
@@ -1162,6 +1190,7 @@ static const struct {
     {"CELERIAC_LOGFILE", set_logfile},
     {"CELERIAC_METRICS_PORT", set_metrics_port},
     {"CELERIAC_METRICS_BIND", set_metrics_bind},
+    {"CELERIAC_UID", set_uid},            {"CELERIAC_GID", set_gid},
 };
 
 static bool has_prefix(const char *s, const char *prefix)
@@ -1381,6 +1410,7 @@ enum opt_id {
     OPT_LOGLEVEL, OPT_LOGFILE, OPT_POOL, OPT_PREFETCH, OPT_EVENTS, OPT_NO_HEARTBEAT,
     OPT_NO_GOSSIP, OPT_NO_MINGLE, OPT_ACKS_LATE, OPT_ENV, OPT_ENV_FILE, OPT_HELP,
     OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT, OPT_STATEDB, OPT_METRICS_PORT, OPT_METRICS_BIND,
+    OPT_UID, OPT_GID,
 };
 
 static const struct worker_option {
@@ -1404,6 +1434,8 @@ static const struct worker_option {
     {OPT_STATEDB, "statedb", 'S', "PATH", "keep revoked task ids in PATH across restarts"},
     {OPT_METRICS_PORT, "metrics-port", 0, "PORT", "serve Prometheus /metrics on PORT"},
     {OPT_METRICS_BIND, "metrics-bind", 0, "ADDR", "address for --metrics-port (127.0.0.1)"},
+    {OPT_UID, "uid", 0, "USER", "run as USER (name or uid) after opening the log file"},
+    {OPT_GID, "gid", 0, "GROUP", "run as GROUP (name or gid); default: USER's group"},
     {OPT_SOFT_TIME_LIMIT, "soft-time-limit", 0, "SECONDS",
      "soft time limit: the task is told and may clean up"},
     {OPT_EVENTS, "task-events", 'E', NULL, "send task events"},
@@ -1496,6 +1528,8 @@ static int apply_option(cel_config *c, struct cli_state *st, const struct worker
     case OPT_STATEDB: return set_state_db(c, name, value, err, errlen);
     case OPT_METRICS_PORT: return set_metrics_port(c, name, value, err, errlen);
     case OPT_METRICS_BIND: return set_metrics_bind(c, name, value, err, errlen);
+    case OPT_UID: return set_uid(c, name, value, err, errlen);
+    case OPT_GID: return set_gid(c, name, value, err, errlen);
     case OPT_EVENTS: c->task_events = true; return 0;
     case OPT_NO_HEARTBEAT: c->without_heartbeat = true; return 0;
     case OPT_NO_GOSSIP: c->without_gossip = true; return 0;

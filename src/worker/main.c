@@ -3,6 +3,7 @@
  * (the name scorer) and `celeriac db ...` (runs celeriac-db). */
 #include "core/config.h"
 #include "core/log.h"
+#include "core/privs.h"
 #include "worker/worker.h"
 #include "score/cli.h"
 
@@ -85,6 +86,14 @@ int main(int argc, char **argv)
         cel_config_free(&cfg);
         return CEL_EX_USAGE;
     }
+    /* After the log file, before anything else (core/privs.c says why). */
+    if (cel_drop_privileges(cfg.uid, cfg.gid, err, sizeof err) < 0) {
+        cel_crit("%s", err);
+        cel_config_free(&cfg);
+        return CEL_EX_USAGE;
+    }
+    if (cfg.uid || cfg.gid)
+        cel_info("Running as uid %u gid %u", (unsigned)getuid(), (unsigned)getgid());
     rc = cel_worker_main(&cfg);
     cel_config_free(&cfg);
     return rc;
