@@ -8,6 +8,7 @@
 #include "core/log.h"
 
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,12 +120,59 @@ const cel_task_def *cel_registry_at(const cel_registry *reg, size_t i)
     return i < reg->n ? &reg->defs[i] : NULL;
 }
 
+/* `-A enrich` means the installed module libceleriac-enrich.so, as
+ * `celery -A proj` names an importable app rather than a file: a name with no
+ * '/' and no ".so" is looked up in $CELERIAC_MODULE_PATH (colon-separated)
+ * and then in the directory `meson install` puts modules in.  Anything else is
+ * a path handed to dlopen() as given. */
+#ifndef CELERIAC_MODULE_DIR
+#define CELERIAC_MODULE_DIR "/usr/local/lib/celeriac"
+#endif
+
+static bool is_bare_name(const char *s)
+{
+    size_t n = strlen(s);
+    return n && !strchr(s, '/') && !(n > 3 && strcmp(s + n - 3, ".so") == 0) && !strstr(s, ".so.");
+}
+
+static void *open_named_module(const char *name, char *tried, size_t triedlen)
+{
+    const char *env = getenv("CELERIAC_MODULE_PATH");
+    char dirs[4096];
+    snprintf(dirs, sizeof dirs, "%s%s%s", env && *env ? env : "", env && *env ? ":" : "",
+             CELERIAC_MODULE_DIR);
+    tried[0] = '\0';
+    for (char *save = NULL, *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        char path[4096];
+        if (snprintf(path, sizeof path, "%s/libceleriac-%s.so", d, name) >= (int)sizeof path)
+            continue;
+        void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (h)
+            return h;
+        size_t used = strlen(tried);
+        /* A long list is cut short: it is only for the error message. */
+        if (snprintf(tried + used, triedlen - used, "%s%s", used ? ", " : "", path) < 0)
+            break;
+    }
+    return NULL;
+}
+
 int cel_registry_load(cel_registry *reg, const char *path, char *err, size_t errlen)
 {
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-        snprintf(err, errlen, "cannot load task module %s: %s", path, dlerror());
-        return -1;
+    void *h;
+    if (is_bare_name(path)) {
+        char tried[1024];
+        h = open_named_module(path, tried, sizeof tried);
+        if (!h) {
+            snprintf(err, errlen, "cannot find task module '%s' (tried %s)", path, tried);
+            return -1;
+        }
+    } else {
+        h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            snprintf(err, errlen, "cannot load task module %s: %s", path, dlerror());
+            return -1;
+        }
     }
     int (*init)(cel_registry *);
     *(void **)&init = dlsym(h, "celeriac_module_init");
