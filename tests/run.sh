@@ -87,6 +87,9 @@ if run_step "build" build "$LOGS/build.log" build_tree build; then
     # A short libFuzzer run of the name scorer (clang, ASan+UBSan).
     run_step "fuzz scorer" build "$LOGS/fuzz-score.log" \
         bash tests/fuzz/run.sh "${FUZZ_SECONDS:-45}"
+    # meson install --destdir: the files a deployment needs, and a task module
+    # built against the installed celeriac.pc, run by the installed worker.
+    run_step "packaging" build "$LOGS/packaging.log" bash tests/packaging/run.sh build
     # The worker under valgrind memcheck for a few thousand tasks: no error, no leak.
     run_step "valgrind" build "$LOGS/valgrind.log" \
         bash tests/valgrind/run.sh "${VALGRIND_TASKS:-2000}"
