@@ -1,8 +1,70 @@
-/* pg.c — libpq helpers: connecting, error text, transient-error classification. */
+/* pg.c — libpq helpers: connecting, error text, transient-error classification.
+ *
+ * Connection errors are scrubbed of the password: libpq quotes pieces of a
+ * connection string it cannot parse (`invalid percent-encoded token:
+ * "s3cr%zz"`), and those errors reach logs, task results and the job row. */
 #include "db/pg.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* Replaces every occurrence of secret[0..n) in err with "**". */
+static void scrub_one(char *err, const char *secret, size_t n)
+{
+    if (n < 3) /* too short to tell from ordinary text; nothing to hide */
+        return;
+    char *p;
+    while ((p = memmem(err, strlen(err), secret, n)) != NULL) {
+        memcpy(p, "**", 2);
+        memmove(p + 2, p + n, strlen(p + n) + 1);
+    }
+}
+
+/* Scrubs the password of `url` from err, whether libpq could parse the URL
+ * or not: the parsed (decoded) value, and the raw text of a URL's userinfo
+ * or of a `password=` keyword. */
+static void scrub_password(char *err, const char *url)
+{
+    PQconninfoOption *opts = PQconninfoParse(url, NULL);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, "password") && o->val)
+            scrub_one(err, o->val, strlen(o->val));
+    PQconninfoFree(opts);
+    const char *rest = strstr(url, "://");
+    if (rest) { /* postgresql://user:PASSWORD@host... (the last '@' before '?') */
+        rest += 3;
+        const char *end = strchr(rest, '?');
+        if (!end)
+            end = rest + strlen(rest);
+        const char *at = NULL;
+        for (const char *p = rest; p < end; p++)
+            if (*p == '@')
+                at = p;
+        const char *colon = at ? memchr(rest, ':', (size_t)(at - rest)) : NULL;
+        if (colon)
+            scrub_one(err, colon + 1, (size_t)(at - colon - 1));
+        return;
+    }
+    for (const char *p = url; (p = strstr(p, "password")) != NULL; p += 8) {
+        const char *v = p + 8;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        if (*v != '=')
+            continue;
+        v++;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        if (*v == '\'') {
+            const char *e = ++v;
+            while (*e && *e != '\'')
+                e += e[0] == '\\' && e[1] ? 2 : 1;
+            scrub_one(err, v, (size_t)(e - v));
+        } else {
+            scrub_one(err, v, strcspn(v, " \t\n"));
+        }
+    }
+}
 
 PGconn *cel_pg_connect(const char *url, const char *app, char *err, size_t cap)
 {
@@ -17,6 +79,7 @@ PGconn *cel_pg_connect(const char *url, const char *app, char *err, size_t cap)
     }
     if (PQstatus(c) != CONNECTION_OK) {
         cel_pg_error(c, NULL, err, cap);
+        scrub_password(err, url);
         PQfinish(c);
         return NULL;
     }

@@ -276,15 +276,20 @@ static int status_update(const char *sql, int n, const char *const *params)
  * WAL the job's own transactions are writing. */
 static void progress_update(const char *job, long long processed)
 {
-    char err[ERRCAP], sql[256];
+    char err[ERRCAP], n[24];
     PGconn *c = conn_get(&g_status, err, NULL);
     if (!c)
         return;
-    snprintf(sql, sizeof sql,
-             "BEGIN; SET LOCAL synchronous_commit = off;"
-             " UPDATE enrichment_queue_jobs SET processed = %lld WHERE id = %s; COMMIT",
-             processed, job);
-    PGresult *r = PQexec(c, sql);
+    snprintf(n, sizeof n, "%lld", processed);
+    const char *p[] = {job, n};
+    /* One parameterised statement (no SQL built from values): set_config(...,
+     * true) lasts until the end of the statement's own implicit transaction,
+     * whose commit reads it; joining `s` makes the CTE run. */
+    PGresult *r = PQexecParams(c,
+                               "WITH s AS (SELECT set_config('synchronous_commit', 'off', true))"
+                               " UPDATE enrichment_queue_jobs SET processed = $2 FROM s"
+                               " WHERE id = $1",
+                               2, NULL, p, NULL, NULL, 0);
     PQclear(r);
     if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
         r = PQexec(c, "ROLLBACK");
@@ -412,12 +417,29 @@ typedef struct job {
      * even mid-way through scoring the next batch, so `work` never idles. */
     PGconn *w;
     int wstate;             /* W_IDLE, W_COPY, W_UPDATE */
-    char *upd;              /* the UPDATE to send once the COPY is done (g_upd) */
+    char upd_lo[24], upd_hi[24]; /* the id range of the UPDATE to send (UPD_SQL) */
     int wfail, wtransient;  /* an error on `work` met while advancing */
     char *werr;             /* its text (g_werr) */
 } job;
 
-static char g_upd[1024], g_werr[ERRCAP];
+static char g_werr[ERRCAP];
+
+/* SET takes no parameters; set_config() does ($1 = g_lock_timeout). */
+static const char SET_LOCK_TIMEOUT[] = "SELECT set_config('lock_timeout', $1, false)";
+static char g_lock_timeout[24]; /* g_lock_timeout_ms as text, in milliseconds */
+
+/* A batch's list_entries UPDATE ($1 job, $2..$3 the batch's id range).
+ * enrich_out is emptied by the next batch's COPY (copy_send sends
+ * "TRUNCATE enrich_out; COPY ..."), so this stays one statement and can
+ * carry its values as parameters. */
+static const char UPD_SQL[] =
+    "UPDATE list_entries e SET rpc_score = o.score, rpc_class = o.class,"
+    " rpc_reasons = o.reasons, name_normalized = o.name_normalized,"
+    " name_given = o.name_given, name_middle = o.name_middle,"
+    " name_surname = o.name_surname, name_suffix = o.name_suffix,"
+    " contact_normalized = o.contact_normalized, phone_digits = o.phone_digits,"
+    " phone_valid = o.phone_valid, enriched_at = now(), last_job_id = $1"
+    " FROM enrich_out o WHERE e.id = o.entry_id AND e.id BETWEEN $2 AND $3";
 
 enum { W_IDLE, W_COPY, W_UPDATE };
 
@@ -502,9 +524,8 @@ static void rpc_cleanup(job *j)
     if (!j->rpc_committed)
         return;
     const char *p[] = {j->id};
-    char sql[64];
-    snprintf(sql, sizeof sql, "SET lock_timeout = %ld", g_lock_timeout_ms);
-    status_update(sql, 0, NULL);
+    const char *lt[] = {g_lock_timeout};
+    status_update(SET_LOCK_TIMEOUT, 1, lt);
     /* The lock first, the DELETE after it: the DELETE's snapshot then sees
      * how that COMMIT ended (READ COMMITTED, autocommit). */
     if (status_update("SELECT pg_advisory_lock(1701733996, hashint8($1::bigint))", 1, p) < 0)
@@ -573,7 +594,8 @@ static void w_advance(job *j, int block)
         j->wfail = 1;
         return;
     }
-    if (!PQsendQuery(j->w, j->upd)) {
+    const char *p[] = {j->id, j->upd_lo, j->upd_hi};
+    if (!PQsendQueryParams(j->w, UPD_SQL, 3, NULL, p, NULL, NULL, 0)) {
         cel_pg_error(j->w, NULL, j->werr, ERRCAP);
         j->wtransient = cel_pg_transient(j->w, NULL);
         j->wfail = 1;
@@ -643,7 +665,8 @@ static int score_batch(job *j, PGresult *r, buf *out, buf *sc, char lo[24], char
     return 0;
 }
 
-/* Sends `COPY ... FROM STDIN` with all of data, without waiting for the
+/* Sends `COPY ... FROM STDIN` (after other statements, e.g. "TRUNCATE t;
+ * COPY t FROM STDIN": PQexec stops at the COPY) with all of data, without waiting for the
  * server to finish ingesting it (finish_results reads the outcome). In blocking
  * mode PQputCopyEnd has flushed everything, so `data` may be reused at once. */
 static int copy_send(PGconn *c, const char *sql, const buf *data, char *err, int *transient)
@@ -717,8 +740,8 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
 
     /* The job's one transaction; the advisory lock serialises duplicates. */
     char sql[512];
-    snprintf(sql, sizeof sql, "SET lock_timeout = %ld", g_lock_timeout_ms);
-    TRY(qx(w, sql, 0, NULL, err, &transient));
+    const char *lt[] = {g_lock_timeout};
+    TRY(qx(w, SET_LOCK_TIMEOUT, 1, lt, err, &transient));
     TRY(qx(w, "BEGIN", 0, NULL, err, &transient));
     /* Room for the per-batch UPDATE ... FROM's hash (kept from the one-UPDATE
      * design: measured no faster without it). */
@@ -816,8 +839,7 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
     PGconn *rp = conn_get(&g_rpc, err, &config_error);
     if (!rp)
         return fail(j, E_TRANSIENT, err);
-    snprintf(sql, sizeof sql, "SET lock_timeout = %ld", g_lock_timeout_ms);
-    TRY(qx(rp, sql, 0, NULL, err, &transient));
+    TRY(qx(rp, SET_LOCK_TIMEOUT, 1, lt, err, &transient));
     TRY(qx(rp, "BEGIN", 0, NULL, err, &transient));
     {
         const char *p[] = {j->id};
@@ -825,11 +847,15 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
                &transient));
         TRY(qx(rp, "DELETE FROM rpc_scores WHERE job_id = $1", 1, p, err, &transient));
     }
-    snprintf(sql, sizeof sql,
-             "DECLARE enrich_cur NO SCROLL CURSOR FOR SELECT id, full_name, contact_name, phone"
-             " FROM list_entries WHERE list_id = %s ORDER BY id",
-             j->list);
-    TRY(qx(rp, sql, 0, NULL, err, &transient));
+    {
+        const char *p[] = {j->list};
+        TRY(qx(rp,
+               "DECLARE enrich_cur NO SCROLL CURSOR FOR SELECT id, full_name, contact_name, phone"
+               " FROM list_entries WHERE list_id = $1 ORDER BY id",
+               1, p, err, &transient));
+    }
+    /* The one statement with a number in its text: FETCH takes no
+     * parameter for its count, and g_batch is a long read at load time. */
     snprintf(sql, sizeof sql, "FETCH FORWARD %ld FROM enrich_cur", g_batch);
     /* A pipeline of three stages over two cores: while the server ingests
      * batch k into rpc_scores (on `rpc`) and updates list_entries from it (on
@@ -840,7 +866,6 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
     int kind = 0;                  /* set on failure: E_* */
     j->w = w;
     j->wstate = W_IDLE;
-    j->upd = g_upd;
     j->werr = g_werr;
     double ta = now_s();
     r = q(rp, sql, 0, NULL, err, &transient);
@@ -879,7 +904,8 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
             break;
         }
         ta = now_s();
-        if (copy_send(w, "COPY enrich_out FROM STDIN", &out, err, &transient) < 0 ||
+        if (copy_send(w, "TRUNCATE enrich_out; COPY enrich_out FROM STDIN", &out, err,
+                      &transient) < 0 ||
             copy_send(rp,
                       "COPY rpc_scores (job_id, list_entry_id, score, class, reasons,"
                       " model_version) FROM STDIN",
@@ -890,16 +916,8 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
         }
         j->t_copy += now_s() - ta;
         j->wstate = W_COPY;
-        snprintf(j->upd, sizeof g_upd,
-                 "UPDATE list_entries e SET rpc_score = o.score, rpc_class = o.class,"
-                 " rpc_reasons = o.reasons, name_normalized = o.name_normalized,"
-                 " name_given = o.name_given, name_middle = o.name_middle,"
-                 " name_surname = o.name_surname, name_suffix = o.name_suffix,"
-                 " contact_normalized = o.contact_normalized, phone_digits = o.phone_digits,"
-                 " phone_valid = o.phone_valid, enriched_at = now(), last_job_id = %s"
-                 " FROM enrich_out o WHERE e.id = o.entry_id AND e.id BETWEEN %s AND %s;"
-                 " TRUNCATE enrich_out",
-                 j->id, lo, hi);
+        snprintf(j->upd_lo, sizeof j->upd_lo, "%s", lo);
+        snprintf(j->upd_hi, sizeof j->upd_hi, "%s", hi);
         int next_rows = PQntuples(next);
         ta = now_s();
         out.len = sc.len = 0;
@@ -1048,6 +1066,7 @@ int celeriac_module_init(cel_registry *reg)
     g_batch = env_long("ENRICH_BATCH_SIZE", 10000, 1, 1000000);
     g_batch_sleep_ms = env_long("ENRICH_TEST_BATCH_SLEEP_MS", 0, 0, 600000);
     g_lock_timeout_ms = env_long("ENRICH_LOCK_TIMEOUT_MS", 60000, 0, 86400000);
+    snprintf(g_lock_timeout, sizeof g_lock_timeout, "%ld", g_lock_timeout_ms);
     cel_task_options o = {
         .acks_late = CEL_OPTION_YES,
         /* A pool process lost mid-job (OOM kill, ...) puts the job back:
