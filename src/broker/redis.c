@@ -145,6 +145,7 @@ typedef struct redis_transport {
     redisContext *blk;  /* BRPOP only */
     long long blk_id;   /* its CLIENT ID, to unblock it at shutdown */
     double down_since;  /* monotonic start of a broker outage, 0 = up */
+    bool acks_logged;   /* "ack(s) not sent yet" said once until a flush works */
     bool waiting;
     char **queues;      /* consumed queues, rotated for fairness */
     int nqueues;
@@ -247,6 +248,7 @@ static int reconnect_cmd(redis_transport *t)
         cel_warn("broker: reconnected after %.1f s", cel_monotonic() - t->down_since);
         cel_broker_reconnects++;
         t->down_since = 0;
+        t->acks_logged = false;
     }
     return 0;
 }
@@ -494,10 +496,15 @@ static int rt_flush(cel_transport *base)
     if (!t->nacks)
         return 0;
     if (run_fetch(t, 0, NULL, NULL, 0, NULL, 0) < 0) {
-        cel_error("broker: %zu ack(s) not sent yet; retrying with the next round trip",
-                  t->nacks);
+        /* Once per outage: every finished task adds a flush attempt, and a line
+         * each would flood the log while Redis is away. */
+        if (!t->acks_logged)
+            cel_error("broker: %zu ack(s) not sent yet; retrying with the next round trip",
+                      t->nacks);
+        t->acks_logged = true;
         return -1;
     }
+    t->acks_logged = false;
     return 0;
 }
 
