@@ -539,7 +539,7 @@ def sc_kill9(ctx, broker):
         res.disruptions = "%d kills" % len(kills)
         # Messages a killed incarnation held come back after the visibility timeout
         # (Redis: at the next restore pass, every 10 s) or at once (AMQP).
-        wait_all_success(producer, ids, timeout=60 + VISIBILITY + 20)
+        wait_all_success(producer, ids, timeout=80 + VISIBILITY + len(ids) / 100)
         recs = read_records(rec)
         finish_tasks(res, producer, recs, ids, fleet.killed)
         rt = recovery_times(recs, kills)
@@ -714,7 +714,7 @@ def sc_restart_broker(ctx, which):
             outages.append((t_down, t_up))
             log("%s restart %d: down %.1f s" % (which, i + 1, t_up - t_down))
         res.disruptions = "%d restarts" % len(outages)
-        wait_all_success(producer, ids, timeout=120)
+        wait_all_success(producer, ids, timeout=120 + len(ids) / 100)
         recs = read_records(fleet.record_file)
         finish_tasks(res, producer, recs, ids, fleet.killed, outages)
         rt = recovery_times(recs, [u for _, u in outages])
@@ -824,7 +824,7 @@ def sc_mixed_fleet(ctx, broker):
         t_kill = fleet.kill(victim)
         log("mixed fleet: killed %s" % victim.name)
         res.disruptions = "1 kill"
-        wait_all_success(producer, ids, timeout=120)
+        wait_all_success(producer, ids, timeout=120 + len(ids) / 100)
         recs = read_records(fleet.record_file)
         finish_tasks(res, producer, recs, ids, fleet.killed)
         rt = recovery_times({k: [e for e in v if e[1] != victim.pid] for k, v in recs.items()},
