@@ -52,6 +52,7 @@ typedef struct amqp_transport {
     const cel_tls *tls; /* cfg->broker_use_ssl; the config outlives us */
     bool consume;
     int prefetch;
+    size_t max_body; /* cfg->max_message_size: a larger body is not copied on */
     char **queues;
     int nqueues;
     char **ctags; /* consumer tag per queue */
@@ -240,13 +241,19 @@ static char *envelope_of(amqp_transport *t, const amqp_envelope_t *e, size_t *le
     json_t *env = json_object(), *props = json_object(), *di = json_object();
     json_t *headers = p->_flags & AMQP_BASIC_HEADERS_FLAG ? cel_amqp_table_to_json(&p->headers)
                                                           : json_object();
-    char *b64 = cel_b64_encode(e->message.body.bytes, e->message.body.len, NULL);
+    /* An oversized body is left out (the worker refuses the message from
+     * its headers and size) instead of being copied three more times. */
+    bool big = t->max_body && e->message.body.len > t->max_body;
+    char *b64 = cel_b64_encode(e->message.body.bytes, big ? 0 : e->message.body.len, NULL);
     char tag[48];
     snprintf(tag, sizeof tag, "%u:%" PRIu64, t->gen, e->delivery_tag);
     char *text = NULL;
     if (!env || !props || !di || !headers || !b64)
         goto done;
     json_object_set_new(env, "body", json_string(b64));
+    if (big) /* read by the worker's size check (core/message.h) */
+        json_object_set_new(env, "x-celeriac-size",
+                            json_integer((json_int_t)e->message.body.len));
     if (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)
         json_object_set_new(env, "content-type", bytes_str(p->content_type));
     if (p->_flags & AMQP_BASIC_CONTENT_ENCODING_FLAG)
@@ -885,6 +892,7 @@ cel_transport *cel_amqp_transport_open(const cel_url *u, const cel_config *cfg, 
     t->base.ops = &amqp_ops;
     t->consume = consume;
     t->tls = &cfg->broker_use_ssl;
+    t->max_body = cfg->max_message_size;
     t->url = *u;
     t->url.host = u->host ? strdup(u->host) : NULL;
     t->url.user = u->user ? strdup(u->user) : NULL;

@@ -30,6 +30,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -693,6 +694,7 @@ void cel_config_defaults(cel_config *c)
     c->logfile = NULL;
     c->pool = CEL_POOL_PREFORK;
     c->prefetch_multiplier = 4;
+    c->max_message_size = (size_t)64 << 20;
     c->task_events = false;
     c->without_heartbeat = c->without_gossip = c->without_mingle = false;
     c->task_acks_late = false;
@@ -1149,6 +1151,83 @@ static int set_use_ssl(cel_config *c, const char *name, const char *value, char 
     return 0;
 }
 
+/* --max-message-size: bytes, with an optional K/KB/KiB, M/MB/MiB or G/GB/GiB
+ * suffix (all binary: 64MB = 64 MiB, as the default is written); at least
+ * 1 KiB so a worker cannot be configured to refuse every task. */
+static int set_max_message_size(cel_config *c, const char *name, const char *value, char *err,
+                                size_t errlen)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(value, &end, 10);
+    bool ok = end != value && errno == 0 && value[0] != '-';
+    while (ok && *end == ' ')
+        end++;
+    unsigned shift = 0;
+    if (ok && *end) {
+        char u = (char)toupper((unsigned char)*end);
+        shift = u == 'K' ? 10 : u == 'M' ? 20 : u == 'G' ? 30 : 0;
+        const char *rest = end + 1;
+        ok = shift && (!*rest || !strcasecmp(rest, "B") || !strcasecmp(rest, "iB"));
+    }
+    if (ok && n > (SIZE_MAX >> 1) >> shift)
+        ok = false;
+    if (ok)
+        n <<= shift;
+    if (!ok || n < 1024) {
+        set_err(err, errlen, "%s: expected a size in bytes >= 1024 (suffixes K, M, G), got '%s'",
+                name, value);
+        return -1;
+    }
+    c->max_message_size = (size_t)n;
+    return 0;
+}
+
+/* accept_content: celeriac decodes JSON only, so the list is checked, not
+ * kept: it must name JSON (as "json" or "application/json") and nothing
+ * else.  Naming pickle, yaml or msgpack is a configuration error rather than
+ * a silent narrowing: an operator who enabled pickle for Python workers
+ * should learn at start-up that this worker will refuse those messages.
+ * Accepts Celery's JSON list form ('["json"]') or a comma-separated list. */
+static int set_accept_content(cel_config *c, const char *name, const char *value, char *err,
+                              size_t errlen)
+{
+    (void)c;
+    json_t *list = json_loads(value, 0, NULL);
+    char **items = NULL;
+    if (json_is_array(list)) {
+        items = xmalloc((json_array_size(list) + 1) * sizeof *items);
+        items[json_array_size(list)] = NULL;
+        for (size_t i = 0; i < json_array_size(list); i++) {
+            const char *s = json_string_value(json_array_get(list, i));
+            items[i] = xstrdup(s ? s : "");
+        }
+    } else if (!list) {
+        items = cel_split_list(value);
+    }
+    json_decref(list);
+    int rc = 0;
+    bool json_named = false;
+    for (size_t i = 0; items && items[i]; i++) {
+        if (!strcmp(items[i], "json") || !strcmp(items[i], "application/json")) {
+            json_named = true;
+            continue;
+        }
+        set_err(err, errlen,
+                "%s: '%s' cannot be accepted: celeriac decodes JSON only "
+                "(use json or application/json)",
+                name, items[i]);
+        rc = -1;
+        break;
+    }
+    if (rc == 0 && !json_named) {
+        set_err(err, errlen, "%s: expected a list naming json, got '%s'", name, value);
+        rc = -1;
+    }
+    cel_strv_free(items);
+    return rc;
+}
+
 /* Celery setting names (lower case); CELERY_<NAME> in the environment. */
 static const struct {
     const char *name;
@@ -1177,6 +1256,7 @@ static const struct {
     {"task_default_queue", set_default_queue},
     {"worker_hostname", set_hostname},
     {"worker_send_task_events", set_task_events},
+    {"accept_content", set_accept_content},
 };
 
 /* Settings of the celeriac CLI that Celery only has as options. */
@@ -1191,6 +1271,7 @@ static const struct {
     {"CELERIAC_METRICS_PORT", set_metrics_port},
     {"CELERIAC_METRICS_BIND", set_metrics_bind},
     {"CELERIAC_UID", set_uid},            {"CELERIAC_GID", set_gid},
+    {"CELERIAC_MAX_MESSAGE_SIZE", set_max_message_size},
 };
 
 static bool has_prefix(const char *s, const char *prefix)
@@ -1410,7 +1491,7 @@ enum opt_id {
     OPT_LOGLEVEL, OPT_LOGFILE, OPT_POOL, OPT_PREFETCH, OPT_EVENTS, OPT_NO_HEARTBEAT,
     OPT_NO_GOSSIP, OPT_NO_MINGLE, OPT_ACKS_LATE, OPT_ENV, OPT_ENV_FILE, OPT_HELP,
     OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT, OPT_STATEDB, OPT_METRICS_PORT, OPT_METRICS_BIND,
-    OPT_UID, OPT_GID,
+    OPT_UID, OPT_GID, OPT_MAX_MESSAGE_SIZE, OPT_ACCEPT_CONTENT,
 };
 
 static const struct worker_option {
@@ -1436,6 +1517,10 @@ static const struct worker_option {
     {OPT_METRICS_BIND, "metrics-bind", 0, "ADDR", "address for --metrics-port (127.0.0.1)"},
     {OPT_UID, "uid", 0, "USER", "run as USER (name or uid) after opening the log file"},
     {OPT_GID, "gid", 0, "GROUP", "run as GROUP (name or gid); default: USER's group"},
+    {OPT_MAX_MESSAGE_SIZE, "max-message-size", 0, "BYTES",
+     "refuse messages larger than BYTES (K, M, G suffixes; default 64MB)"},
+    {OPT_ACCEPT_CONTENT, "accept-content", 0, "LIST",
+     "content types to accept (default json; only JSON can be decoded)"},
     {OPT_SOFT_TIME_LIMIT, "soft-time-limit", 0, "SECONDS",
      "soft time limit: the task is told and may clean up"},
     {OPT_EVENTS, "task-events", 'E', NULL, "send task events"},
@@ -1530,6 +1615,8 @@ static int apply_option(cel_config *c, struct cli_state *st, const struct worker
     case OPT_METRICS_BIND: return set_metrics_bind(c, name, value, err, errlen);
     case OPT_UID: return set_uid(c, name, value, err, errlen);
     case OPT_GID: return set_gid(c, name, value, err, errlen);
+    case OPT_MAX_MESSAGE_SIZE: return set_max_message_size(c, name, value, err, errlen);
+    case OPT_ACCEPT_CONTENT: return set_accept_content(c, name, value, err, errlen);
     case OPT_EVENTS: c->task_events = true; return 0;
     case OPT_NO_HEARTBEAT: c->without_heartbeat = true; return 0;
     case OPT_NO_GOSSIP: c->without_gossip = true; return 0;

@@ -76,6 +76,9 @@ typedef struct cel_config {
     char *logfile;          /* -f/--logfile; NULL = stderr */
     int metrics_port;       /* --metrics-port / CELERIAC_METRICS_PORT; 0 = off */
     char *metrics_bind;     /* --metrics-bind / CELERIAC_METRICS_BIND; NULL = 127.0.0.1 */
+    size_t max_message_size; /* --max-message-size / CELERIAC_MAX_MESSAGE_SIZE: bytes a
+                                message may take as delivered (and its body inflated);
+                                default 64 MiB */
     char *uid, *gid;        /* --uid/--gid (name or number); NULL = keep (core/privs.c) */
     char *state_db;         /* --statedb / worker_state_db: revoked ids kept here; NULL = none */
     cel_pool_kind pool;     /* -P prefork|solo */

@@ -38,7 +38,13 @@
 
 #define CT_JSON "application/json"
 #define COMPRESSION_ZLIB "application/x-gzip"
-#define MAX_INFLATED_BODY ((size_t)64 << 20)
+/* Limits on values the worker acts on: anything beyond them is hostile or
+ * broken, never a real task (a 31-year time limit, a retry count that the
+ * next retry would overflow). */
+#define MAX_TIME_LIMIT 1e9
+#define MAX_RETRIES (INT_MAX - 1)
+
+static size_t max_inflated = (size_t)64 << 20; /* cel_message_set_max_size() */
 #define MAX_DUMP_DEPTH 2048
 #define PYREPR_MAXLEN 1024 /* Celery's argsrepr_maxsize / kwargsrepr_maxsize */
 
@@ -462,6 +468,8 @@ static bool time_limit_value(const json_t *v, double *out)
     if (!json_is_number(v))
         return false;
     double d = json_number_value(v);
+    if (!(d >= 0 && d <= MAX_TIME_LIMIT))
+        return false; /* negative, NaN or absurd: refused, not guessed at */
     *out = d > 0 ? d : -1; /* Celery treats 0 as "no limit" */
     return true;
 }
@@ -486,6 +494,19 @@ static cel_msg_status parse_headers(cel_message *m, char *err, size_t errlen)
         set_err(err, errlen, "task %s: no string 'id' header", m->task);
         return CEL_MSG_INVALID;
     }
+    /* "examples.echo\u0000x" must not run examples.echo: names and ids are
+     * C strings from here on, so an embedded NUL would cut them short. */
+    v = json_object_get(h, "task");
+    if (strlen(m->task) != json_string_length(v)) {
+        set_err(err, errlen, "task %s[%s]: the 'task' header contains a NUL byte", m->task,
+                m->id);
+        return CEL_MSG_INVALID;
+    }
+    v = json_object_get(h, "id");
+    if (strlen(m->id) != json_string_length(v)) {
+        set_err(err, errlen, "task %s[%s]: the 'id' header contains a NUL byte", m->task, m->id);
+        return CEL_MSG_INVALID;
+    }
     m->root_id = opt_str(h, "root_id");
     m->parent_id = opt_str(h, "parent_id");
     m->group = opt_str(h, "group");
@@ -500,7 +521,13 @@ static cel_msg_status parse_headers(cel_message *m, char *err, size_t errlen)
 
     v = json_object_get(h, "retries");
     if (json_is_integer(v)) {
-        m->retries = clamp_int(json_integer_value(v));
+        json_int_t r = json_integer_value(v);
+        if (r < 0 || r > MAX_RETRIES) {
+            set_err(err, errlen, "task %s[%s]: 'retries' %" JSON_INTEGER_FORMAT " out of range",
+                    m->task, m->id, r);
+            return CEL_MSG_INVALID;
+        }
+        m->retries = (int)r;
     } else if (v && !json_is_null(v)) {
         set_err(err, errlen, "task %s[%s]: 'retries' is not an integer", m->task, m->id);
         return CEL_MSG_INVALID;
@@ -587,7 +614,7 @@ static cel_msg_status parse_rest(cel_message *m, const char *body, size_t body_l
             free(decoded);
             return CEL_MSG_DECODE_ERROR;
         }
-        inflated = cel_zlib_inflate(p, n, MAX_INFLATED_BODY, &n);
+        inflated = cel_zlib_inflate(p, n, max_inflated, &n);
         free(decoded);
         decoded = NULL;
         if (!inflated) {
@@ -651,7 +678,7 @@ typedef struct scan {
     char *arena;
 } scan;
 
-enum { F_BODY, F_CTYPE, F_CENC,                                              /* top */
+enum { F_BODY, F_CTYPE, F_CENC, F_XSIZE,                                     /* top */
        F_TASK, F_ID, F_ROOT, F_PARENT, F_GROUP, F_SHADOW, F_ORIGIN, F_ARGSREPR, /* headers */
        F_KWARGSREPR, F_GROUP_INDEX, F_IGNORE, F_HREDELIVERED, F_RETRIES, F_ETA, F_EXPIRES,
        F_TIMELIMIT, F_COMPRESSION,
@@ -673,6 +700,7 @@ typedef struct field_name {
 static const field_name FIELDS[] = {
     FIELD(LV_TOP, "body", F_BODY), FIELD(LV_TOP, "content-type", F_CTYPE),
     FIELD(LV_TOP, "content-encoding", F_CENC), FIELD(LV_TOP, "headers", F_HEADERS),
+    FIELD(LV_TOP, "x-celeriac-size", F_XSIZE),
     FIELD(LV_TOP, "properties", F_PROPS),
     FIELD(LV_HEADERS, "task", F_TASK), FIELD(LV_HEADERS, "id", F_ID),
     FIELD(LV_HEADERS, "root_id", F_ROOT), FIELD(LV_HEADERS, "parent_id", F_PARENT),
@@ -943,6 +971,8 @@ static bool scan_timelimit(scan *s, jval *v)
             v->pair[i] = -1;
         else if (e.kind == J_INT || e.kind == J_REAL) {
             double d = e.kind == J_INT ? (double)e.i : e.d;
+            if (!(d >= 0 && d <= MAX_TIME_LIMIT))
+                return false; /* jansson path: refused */
             v->pair[i] = d > 0 ? d : -1; /* Celery treats 0 as "no limit" */
         } else
             return false;
@@ -1050,6 +1080,8 @@ static bool fast_parse_redis(const char *data, size_t len, cel_message *m, bool 
         goto bail;
 
     cel_message t = {.raw = raw, .raw_len = len};
+    if (f[F_XSIZE].seen)
+        goto bail; /* an oversized AMQP body: rare, the jansson path reads it */
     const jval *ct = &f[F_CTYPE];
     t.content_type = !ct->seen || ct->kind == J_NULL ? CT_JSON
                      : ct->kind == J_STR             ? ct->s
@@ -1086,8 +1118,8 @@ static bool fast_parse_redis(const char *data, size_t len, cel_message *m, bool 
     t.kwargsrepr = fstr(&f[F_KWARGSREPR]);
     t.ignore_result = f[F_IGNORE].kind == J_TRUE;
     const jval *r = &f[F_RETRIES];
-    if (r->seen && r->kind == J_INT)
-        t.retries = clamp_int(r->i);
+    if (r->seen && r->kind == J_INT && r->i >= 0 && r->i <= MAX_RETRIES)
+        t.retries = (int)r->i;
     else if (r->seen && r->kind != J_NULL)
         goto bail;
     if (!fast_time(&f[F_ETA], &t.has_eta, &t.eta) ||
@@ -1148,7 +1180,44 @@ static bool fast_body(cel_message *m, const char *body, size_t body_len, bool ba
 
 static bool fast_scan = true;
 
+void cel_message_set_max_size(size_t bytes) { max_inflated = bytes; }
+
 void cel_message_set_fast_scan(bool on) { fast_scan = on; }
+
+/* The delivery tag of an envelope jansson refused (raw NUL, invalid UTF-8,
+ * nesting past its depth limit, an integer past 64 bits).  The transport's
+ * fetch script found the tag by a plain text search and recorded the
+ * message in `unacked`; without the same search here the message could not
+ * be acked and would be restored, and refused, after every visibility
+ * timeout.  The last `"delivery_tag": "..."` wins (kombu writes it last); a
+ * wrong guess only acks a tag nobody holds. */
+static void recover_tag(const char *data, size_t len, cel_message *m)
+{
+    static const char key[] = "\"delivery_tag\"";
+    const char *found = NULL;
+    for (const char *p = data; (size_t)(data + len - p) >= sizeof key - 1;) {
+        const char *q = memmem(p, (size_t)(data + len - p), key, sizeof key - 1);
+        if (!q)
+            break;
+        found = q;
+        p = q + 1;
+    }
+    if (!found)
+        return;
+    const char *p = found + sizeof key - 1, *end = data + len;
+    while (p < end && (*p == ' ' || *p == ':'))
+        p++;
+    if (p >= end || *p != '"')
+        return;
+    const char *t = ++p;
+    while (p < end && p - t <= 64 && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20 &&
+           (unsigned char)*p < 0x7f)
+        p++;
+    if (p >= end || *p != '"' || p == t || p - t > 64)
+        return;
+    m->raw = strndup(t, (size_t)(p - t));
+    m->delivery_tag = m->raw;
+}
 
 static cel_msg_status parse_redis(const char *data, size_t len, cel_message *m,
                                   bool decode_body, char *err, size_t errlen)
@@ -1162,6 +1231,7 @@ static cel_msg_status parse_redis(const char *data, size_t len, cel_message *m,
     m->envelope = env;
     if (!env) {
         set_err(err, errlen, "envelope is not JSON: %s", jerr.text);
+        recover_tag(data, len, m);
         return CEL_MSG_BAD_ENVELOPE;
     }
     json_t *h = json_object_get(env, "headers");
@@ -1176,6 +1246,9 @@ static cel_msg_status parse_redis(const char *data, size_t len, cel_message *m,
     }
     m->headers = h;
     m->properties = p;
+    json_t *xs = json_object_get(env, "x-celeriac-size");
+    if (json_is_integer(xs) && json_integer_value(xs) > 0)
+        m->declared_size = (size_t)json_integer_value(xs);
 
     json_t *ct = json_object_get(env, "content-type");
     if (!ct || json_is_null(ct))

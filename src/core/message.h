@@ -67,6 +67,8 @@ typedef struct cel_message {
     const char *routing_key;      /* delivery_info.routing_key, "" if absent */
     int priority;                 /* 0 if absent */
     bool redelivered;
+    size_t declared_size;         /* envelope's "x-celeriac-size": the body's size when
+                                     the AMQP transport left an oversized body out; 0 */
 
     /* headers */
     const char *task;        /* never NULL after CEL_MSG_OK */
@@ -116,6 +118,11 @@ cel_msg_status cel_message_parse_parts(cel_message *m, const char *body, size_t 
  * releases, or NULL.  Parses the kept envelope text when the fast scan
  * filled `m` (only task code asking for headers pays for the tree). */
 json_t *cel_message_headers(const cel_message *m);
+
+/* The most a zlib-compressed body may inflate to (--max-message-size;
+ * default 64 MiB).  Process-wide: set once at start-up, before the pool
+ * forks. */
+void cel_message_set_max_size(size_t bytes);
 
 /* Tests only: turns the fast envelope scan off (on by default) so both
  * parsers can be run on the same input and compared. */

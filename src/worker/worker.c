@@ -556,8 +556,49 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
 
 /* ---- receiving -------------------------------------------------------- */
 
+static void receive(worker *w, cel_delivery *d);
+
+/* A message over --max-message-size: never decoded.  Celery has no such
+ * limit; what a producer waiting on the result should see is a FAILURE
+ * naming the reason, so when the headers give a task id the refusal is
+ * stored as kombu.exceptions.LimitExceeded (a task-failed event too) and
+ * the message is rejected without requeue, like any task Celery refuses. */
+static void refuse_oversized(worker *w, cel_delivery *d, size_t size)
+{
+    cel_message m;
+    char err[256];
+    cel_msg_status st = cel_message_parse_redis_head(d->raw, d->len, &m, err, sizeof err);
+    char why[160];
+    snprintf(why, sizeof why, "message of %zu bytes exceeds --max-message-size (%zu)", size,
+             w->cfg->max_message_size);
+    if (st == CEL_MSG_OK || st == CEL_MSG_DISALLOWED) {
+        cel_error("Task %s[%s] refused: %s; the message has been rejected", m.task, m.id, why);
+        json_t *exc = cel_exc_dict("kombu.exceptions", "LimitExceeded", json_pack("[s]", why));
+        store(w, &m, "FAILURE", exc, NULL);
+        json_decref(exc);
+        char rep[300];
+        snprintf(rep, sizeof rep, "LimitExceeded('%s')", why);
+        task_event(w, "task-failed", &m, json_pack("{s:s}", "exception", rep));
+    } else {
+        cel_error("Dropped a message from queue %s: %s", d->queue ? d->queue : "?", why);
+    }
+    if (m.delivery_tag) {
+        w->tr->ops->reject(w->tr, m.delivery_tag, false);
+        w->acks_pending++;
+    }
+    cel_message_clear(&m);
+    cel_delivery_free(d);
+}
+
 static void receive(worker *w, cel_delivery *d)
 {
+    /* Redis: the envelope as BRPOP returned it, checked before any parsing.
+     * AMQP: the transport left an oversized body out and said how big it
+     * was (below, after the headers are read). */
+    if (d->len > w->cfg->max_message_size) {
+        refuse_oversized(w, d, d->len);
+        return;
+    }
     request *r = calloc(1, sizeof *r);
     if (!r) {
         cel_delivery_free(d);
@@ -573,6 +614,14 @@ static void receive(worker *w, cel_delivery *d)
                             : cel_message_parse_redis_head(r->d.raw, r->d.len, &r->msg, err,
                                                            sizeof err);
     cel_message *m = &r->msg;
+    if (m->declared_size > w->cfg->max_message_size) {
+        size_t size = m->declared_size;
+        cel_message_clear(&r->msg);
+        cel_delivery d2 = r->d;
+        free(r);
+        refuse_oversized(w, &d2, size);
+        return;
+    }
     switch (st) {
     case CEL_MSG_OK:
         break;
@@ -600,9 +649,9 @@ static void receive(worker *w, cel_delivery *d)
     }
     r->def = cel_registry_find(w->reg, m->task);
     if (!r->def) {
-        cel_error("Received unregistered task of type '%s'.\nThe message has been ignored and "
-                  "discarded.\n\nDid you remember to load the task module (-A)?",
-                  m->task);
+        cel_error("Received unregistered task of type '%s' (id %s).\nThe message has been "
+                  "ignored and discarded.\n\nDid you remember to load the task module (-A)?",
+                  m->task, m->id);
         json_t *exc = cel_exc_dict("celery.exceptions", "NotRegistered", json_pack("[s]", m->task));
         /* Celery stores no group/parent for this path (its request is a
          * Bunch of name, root_id, reply_to, correlation_id). */
@@ -1282,6 +1331,7 @@ static int connect_broker(worker *w)
 int cel_worker_main(cel_config *cfg)
 {
     worker W = {.cfg = cfg};
+    cel_message_set_max_size(cfg->max_message_size);
     worker *w = &W;
     char err[512];
     int rc = 1;
