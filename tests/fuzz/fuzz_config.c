@@ -9,8 +9,8 @@
  * file lives in a memfd (read through /proc/self/fd/N) rather than on disk:
  * no temp files, nothing left behind, and no disk I/O per execution.
  *
- * Checks beyond ASan/UBSan: cel_url_redacted never shows a password that
- * does not also occur in the URL's other parts; a split list has no empty,
+ * Checks beyond ASan/UBSan: cel_url_redacted's text does not depend on the
+ * password (so it cannot show it); a split list has no empty,
  * untrimmed or comma-holding item; a pattern without '%' expands to itself;
  * error texts are NUL-terminated within their buffer.
  * Build and run: tests/fuzz/run.sh.
@@ -68,11 +68,6 @@ static void check_err(const char *err, size_t len)
         abort();
 }
 
-static int contains(const char *hay, const char *needle)
-{
-    return hay && strstr(hay, needle) != NULL;
-}
-
 static void check_url(const char *text)
 {
     cel_url u;
@@ -86,15 +81,16 @@ static void check_url(const char *text)
     char red[1024];
     cel_url_redacted(&u, red, sizeof red);
     check_err(red, sizeof red);
-    /* a password may show up by coincidence inside the host, user or path
-     * (or be "**" or a scheme fragment): only a short or such one is let be */
-    const char *pw = u.password;
-    if (pw && strlen(pw) >= 3 && contains(red, pw) && !contains(u.host, pw) &&
-        !contains(u.user, pw) && !contains(u.path, pw) &&
-        !strstr("redis+socket://amqps://:**@?virtual_host=", pw)) {
-        char port[16];
-        snprintf(port, sizeof port, "%d/%d", u.port, u.db);
-        if (!strstr(port, pw))
+    /* the redacted text must not depend on the password at all (a plain
+     * "is it a substring" test trips over passwords that also occur in the
+     * user or host by chance) */
+    if (u.password) {
+        char *pw = u.password;
+        char other[1024];
+        u.password = (char *)"another secret";
+        cel_url_redacted(&u, other, sizeof other);
+        u.password = pw;
+        if (strcmp(red, other) != 0)
             abort();
     }
     cel_url_free(&u);
