@@ -241,6 +241,10 @@ static char *envelope_of(amqp_transport *t, const amqp_envelope_t *e, size_t *le
     json_t *env = json_object(), *props = json_object(), *di = json_object();
     json_t *headers = p->_flags & AMQP_BASIC_HEADERS_FLAG ? cel_amqp_table_to_json(&p->headers)
                                                           : json_object();
+    if (!headers && (p->_flags & AMQP_BASIC_HEADERS_FLAG))
+        /* Nested too deep to convert: not an object, so the worker drops the
+         * message as malformed (and acks it) instead of it staying unacked. */
+        headers = json_string("unreadable header table");
     /* An oversized body is left out (the worker refuses the message from
      * its headers and size) instead of being copied three more times. */
     bool big = t->max_body && e->message.body.len > t->max_body;

@@ -180,13 +180,24 @@ static json_t *timestamp_to_json(uint64_t secs)
     return json_string(buf);
 }
 
-static json_t *array_to_json(const amqp_array_t *a)
+/* Nesting beyond this fails the whole table: an unbounded recursion here
+ * (and in every later walk of the tree: json_dumps, the message parser) is a
+ * stack overflow a hostile producer can trigger (tests/interop/
+ * test_badinput.py: 18,000 levels fit in one header frame; ASan's larger
+ * frames overflowed).  2000 stays under jansson's parser limit (2048), so
+ * nothing that could not be parsed later is converted now. */
+#define MAX_TABLE_DEPTH 2000
+
+static json_t *value_to_json(const amqp_field_value_t *v, int depth);
+static json_t *table_to_json(const amqp_table_t *t, int depth);
+
+static json_t *array_to_json(const amqp_array_t *a, int depth)
 {
     json_t *arr = json_array();
     if (!arr)
         return NULL;
     for (int i = 0; i < a->num_entries; i++) {
-        if (json_array_append_new(arr, cel_amqp_value_to_json(&a->entries[i])) != 0) {
+        if (json_array_append_new(arr, value_to_json(&a->entries[i], depth + 1)) != 0) {
             json_decref(arr);
             return NULL;
         }
@@ -194,8 +205,12 @@ static json_t *array_to_json(const amqp_array_t *a)
     return arr;
 }
 
-json_t *cel_amqp_value_to_json(const amqp_field_value_t *v)
+json_t *cel_amqp_value_to_json(const amqp_field_value_t *v) { return value_to_json(v, 0); }
+
+static json_t *value_to_json(const amqp_field_value_t *v, int depth)
 {
+    if (depth > MAX_TABLE_DEPTH)
+        return NULL;
     switch (v->kind) {
     case AMQP_FIELD_KIND_BOOLEAN:
         return json_boolean(v->value.boolean);
@@ -227,17 +242,21 @@ json_t *cel_amqp_value_to_json(const amqp_field_value_t *v)
     case AMQP_FIELD_KIND_TIMESTAMP:
         return timestamp_to_json(v->value.u64);
     case AMQP_FIELD_KIND_ARRAY:
-        return array_to_json(&v->value.array);
+        return array_to_json(&v->value.array, depth);
     case AMQP_FIELD_KIND_TABLE:
-        return cel_amqp_table_to_json(&v->value.table);
+        return table_to_json(&v->value.table, depth);
     case AMQP_FIELD_KIND_VOID:
     default:
         return json_null();
     }
 }
 
-json_t *cel_amqp_table_to_json(const amqp_table_t *t)
+json_t *cel_amqp_table_to_json(const amqp_table_t *t) { return table_to_json(t, 0); }
+
+static json_t *table_to_json(const amqp_table_t *t, int depth)
 {
+    if (depth > MAX_TABLE_DEPTH)
+        return NULL;
     json_t *obj = json_object();
     if (!obj)
         return NULL;
@@ -246,7 +265,7 @@ json_t *cel_amqp_table_to_json(const amqp_table_t *t)
         char *owned;
         size_t klen;
         const char *key = utf8_clean(e->key.bytes, e->key.len, &owned, &klen);
-        json_t *val = key ? cel_amqp_value_to_json(&e->value) : NULL;
+        json_t *val = key ? value_to_json(&e->value, depth + 1) : NULL;
         /* Setting a key again replaces the value in its first position: a
          * Python dict's last-wins.  setn_new steals `val` even on failure. */
         int rc = val ? json_object_setn_new_nocheck(obj, key, klen, val) : -1;

@@ -92,6 +92,16 @@ def _raw_env(tid, mutate):
     return out if isinstance(out, (str, bytes)) else json.dumps(out)
 
 
+HEADER_DEPTH = 18000  # a header frame must fit in frame_max (128 KiB)
+
+
+def _nested_table(depth):
+    v = {}
+    for _ in range(depth):
+        v = {"a": v}
+    return v
+
+
 DECODE = r"Can't decode message body"
 INVALID = r"Received invalid task message"
 UNKNOWN_MSG = r"Received and deleted unknown message"
@@ -149,6 +159,8 @@ CASES = [
     Case("no-task-header", UNKNOWN_MSG, headers=lambda t: _hdr(t, task=DEL), with_id=False),
     Case("task-header-not-string", UNKNOWN_MSG, headers=lambda t: _hdr(t, task=42),
          with_id=False),
+    Case("header-deeply-nested", MALFORMED, only="amqp", with_id=False,
+         headers=lambda t: _hdr(t, lang=_nested_table(HEADER_DEPTH))),
     Case("task-header-with-nul", INVALID, headers=lambda t: _hdr(t, task="examples.echo\x00x")),
     Case("no-id-header", INVALID, headers=lambda t: _hdr(t, id=DEL), with_id=False),
     Case("id-not-string", INVALID, headers=lambda t: _hdr(t, id=["a", "b"]), with_id=False),
@@ -223,9 +235,33 @@ def _inject(celery_app, urls, case, tid):
                            content_encoding=case.cenc)
         push_raw(urls.redis.client(0), raw)
         return
+    headers = case.headers(tid)
+    if case.name == "header-deeply-nested":
+        return _in_deep_thread(lambda: _publish(celery_app, case, tid, headers))
+    _publish(celery_app, case, tid, headers)
+
+
+def _in_deep_thread(fn):
+    """py-amqp encodes nested tables recursively: give it the stack to do so."""
+    import sys
+    import threading
+    old_limit, old_stack = sys.getrecursionlimit(), threading.stack_size()
+    sys.setrecursionlimit(10 * HEADER_DEPTH)
+    threading.stack_size(512 << 20)
+    try:
+        errors = []
+        t = threading.Thread(target=lambda: errors.append(fn()) if False else fn())
+        t.start()
+        t.join()
+    finally:
+        threading.stack_size(old_stack)
+        sys.setrecursionlimit(old_limit)
+
+
+def _publish(celery_app, case, tid, headers):
     with celery_app.app.connection_for_write() as conn:
         conn.Producer().publish(
-            case.body, exchange="", routing_key="celery", headers=case.headers(tid),
+            case.body, exchange="", routing_key="celery", headers=headers,
             content_type=case.ctype, content_encoding=case.cenc, delivery_mode=2,
             correlation_id=tid, retry=True,
             # rpc:// delivers a state only to the reply queue the message names.
