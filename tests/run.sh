@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The test command: packages, build, C unit tests, a short fuzz run of the name
-# scorer, the Python interop suite (with PostgreSQL for enrich_list), then the
-# same again with AddressSanitizer + UBSan.  Exits non-zero if anything failed.
+# The test command: packages, build, C unit tests, bounded fuzzing of every
+# libFuzzer target, the packaging check (meson install), the worker under
+# valgrind, the Python interop suite (with PostgreSQL for enrich_list; the
+# bad-input corpus and the security tests are part of it), the chaos suite,
+# then the unit and interop tests again with AddressSanitizer + UBSan.  Exits
+# non-zero if anything failed.
 #
 #   bash tests/run.sh              everything
 #   SKIP_ASAN=1 bash tests/run.sh  without the sanitizer pass
 #   PYTEST_ARGS="-k crash" bash tests/run.sh   extra pytest arguments
 #   INTEROP_BROKERS="redis" bash tests/run.sh   only some broker settings
-#   FUZZ_SECONDS=10 bash tests/run.sh  a shorter scorer fuzz run (default 45)
+#   FUZZ_SECONDS=30 bash tests/run.sh  a shorter fuzz run (default 150 s over all targets)
 #   VALGRIND_TASKS=300 bash tests/run.sh  fewer tasks under valgrind (default 2000)
 #
 # The interop suite runs once per broker setting (tests/interop/conftest.py):
@@ -84,9 +87,10 @@ fi
 if run_step "build" build "$LOGS/build.log" build_tree build; then
     run_step "meson test" meson "$LOGS/meson-test.log" \
         meson test -C build --print-errorlogs
-    # A short libFuzzer run of the name scorer (clang, ASan+UBSan).
-    run_step "fuzz scorer" build "$LOGS/fuzz-score.log" \
-        bash tests/fuzz/run.sh "${FUZZ_SECONDS:-45}"
+    # Bounded libFuzzer runs (clang, ASan+UBSan) of every target: the scorer,
+    # the message codec, AMQP tables, the settings parsers, the pidbox decoder.
+    run_step "fuzz" build "$LOGS/fuzz.log" \
+        bash tests/fuzz/run.sh "${FUZZ_SECONDS:-150}"
     # meson install --destdir: the files a deployment needs, and a task module
     # built against the installed celeriac.pc, run by the installed worker.
     run_step "packaging" build "$LOGS/packaging.log" bash tests/packaging/run.sh build
@@ -97,6 +101,9 @@ if run_step "build" build "$LOGS/build.log" build_tree build; then
         run_step "interop $b" pytest "$LOGS/interop-$b.log" \
             interop build "$LOGS/interop-build-$b" INTEROP_BROKER="$b"
     done
+    # The chaos suite at CI scale: kill -9 under load, broker and database
+    # restarts, a mixed fleet, warm shutdown; prints its summary table.
+    run_step "chaos" build "$LOGS/chaos.log" bash tests/chaos/run.sh
 else
     skip_step "meson test" "build failed"
     skip_step "interop" "build failed"
