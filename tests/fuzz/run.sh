@@ -119,6 +119,7 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 failed=0
+total_execs=0
 for t in "${TARGETS[@]}"; do
     build_target "$t"
     corpus=$OUT/corpus-$t
@@ -148,5 +149,11 @@ for t in "${TARGETS[@]}"; do
     else
         echo "fuzz_$t: ${execs:-?} executions in ${PER}s, corpus ${units} inputs: no findings"
     fi
+    total_execs=$((total_execs + ${execs:-0}))
 done
+if [ "$failed" -eq 0 ]; then
+    echo "fuzz: ${#TARGETS[@]} targets, $total_execs executions, no findings"
+else
+    echo "fuzz: FINDINGS (see above); reproduce with build-fuzz/fuzz_<target> build-fuzz/crash-<target>-*"
+fi
 exit "$failed"
