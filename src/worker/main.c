@@ -96,5 +96,13 @@ int main(int argc, char **argv)
         cel_info("Running as uid %u gid %u", (unsigned)getuid(), (unsigned)getgid());
     rc = cel_worker_main(&cfg);
     cel_config_free(&cfg);
+    if (rc == 0 && cel_worker_restart_requested()) {
+        /* SIGHUP: the same command line again, as Celery's restart handler
+         * does with os.execv; descriptors are O_CLOEXEC.  Settings are read
+         * anew, so an edited .env takes effect. */
+        execv("/proc/self/exe", argv);
+        fprintf(stderr, "celeriac: error: restart failed: %s\n", strerror(errno));
+        return 1;
+    }
     return rc;
 }

@@ -229,6 +229,7 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
     cel_log_set_process(name);
     signal(SIGINT, SIG_IGN); /* the parent decides about shutdowns */
     signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);  /* a terminal hangup or a restart is the parent's too */
     signal(SIGQUIT, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);

@@ -118,6 +118,10 @@ typedef struct worker {
 
 static int g_sigpipe_w = -1;
 
+static bool g_restart; /* SIGHUP asked for a restart (cel_worker_restart_requested) */
+
+bool cel_worker_restart_requested(void) { return g_restart; }
+
 static void on_signal(int sig)
 {
     int saved = errno;
@@ -1255,6 +1259,15 @@ static void handle_signals(worker *w)
                 cel_warn("worker: Cold shutdown (MainProcess)");
                 w->stop = COLD;
                 break;
+            case SIGHUP:
+                /* Celery's SIGHUP: a warm shutdown, then the same command
+                 * again (main() re-executes), e.g. to pick up a new .env. */
+                if (w->stop == RUNNING) {
+                    cel_warn("worker: Restarting celeriac (SIGHUP)");
+                    w->stop = WARM;
+                    g_restart = true;
+                }
+                break;
             }
         }
     }
@@ -1347,6 +1360,7 @@ int cel_worker_main(cel_config *cfg)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGQUIT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     sigaction(SIGCHLD, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 

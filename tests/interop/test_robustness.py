@@ -163,6 +163,23 @@ def test_warm_shutdown(start_worker, kind, celery_app, sig):
     assert not w.leftover_processes(), "pool processes outlived the worker"
 
 
+@pytest.mark.redis_backend  # as test_warm_shutdown
+def test_sighup_restarts(start_worker, kind, celery_app):
+    """SIGHUP while examples.sleep(2) runs: Celery's warm restart -- the running task
+    finishes SUCCESS, the worker re-executes itself (same pid) and takes new tasks."""
+    if kind == "python":
+        pytest.skip("celery 5.2.6 restarts by exec'ing celery/__main__.py as a script, which "
+                    "dies with 'ImportError: attempted relative import' when the worker was "
+                    "started as `python3 -m celery` (seen in this test)")
+    w = start_worker(kind, env={"CELERY_TASK_TRACK_STARTED": "1"})
+    result = send(celery_app, "apply_async", "examples.sleep", [2])
+    wait_until(lambda: result.state == "STARTED", GET_TIMEOUT, what="task STARTED")
+    w.send_signal(signal.SIGHUP)
+    assert result.get(timeout=GET_TIMEOUT) == 2
+    assert send(celery_app, "delay", "examples.add", [2, 3]).get(timeout=GET_TIMEOUT) == 5
+    assert w.alive(), "the worker exited instead of restarting"
+
+
 @pytest.mark.parametrize("sig", ["SIGQUIT", "SIGINT-twice"])
 @pytest.mark.redis_backend  # as test_warm_shutdown
 def test_cold_shutdown(start_worker, kind, celery_app, sig):
