@@ -78,6 +78,8 @@ def settings_from_env(environ=None):
                 raise SystemExit("app.py: bad value for %s: %s" % (key, exc))
     conf["broker_url"] = environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
     conf["result_backend"] = environ.get("CELERY_RESULT_BACKEND") or DEFAULT_RESULT_BACKEND
+    if conf["result_backend"].lower() in ("none", "disabled"):
+        conf["result_backend"] = None  # no results, as celeriac reads these values
     return conf
 
 
