@@ -298,11 +298,25 @@ def bad_worker(workers, urls):
     workers.stop_all()
     urls.clean()
     w = workers.start("celeriac", tag="badinput",
-                      args=["--max-message-size", str(MAX_SIZE)])
+                      args=["--max-message-size", str(MAX_SIZE), "-E"])
     yield w
     if w.alive():
         problems = workers.stop_checked(w)
         assert not problems, problems
+
+
+@pytest.fixture(scope="module")
+def events(celery_app, bad_worker):
+    """Every monitoring event of the module, as Flower would read them."""
+    from test_events import Capture
+    cap = Capture(celery_app.app)
+    cap.ready.wait(scaled(10))
+    yield cap
+    cap.stop()
+
+
+# The event Celery sends for each stored state (none for a refusal).
+STATE_EVENT = {"FAILURE": "task-failed", "REVOKED": "task-revoked", "SUCCESS": "task-succeeded"}
 
 
 def _problems(text):
@@ -319,7 +333,7 @@ _follow = iter(range(10 ** 9))
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: c.name)
-def test_bad_input(bad_worker, celery_app, urls, case):
+def test_bad_input(bad_worker, events, celery_app, urls, case):
     w = bad_worker
     tid = str(uuid.uuid4())
     offset = w.log_size()
@@ -372,6 +386,13 @@ def test_bad_input(bad_worker, celery_app, urls, case):
                 assert meta["result"]["exc_type"] == exc, meta
     elif case.state == "SUCCESS":
         assert celery_app.app.AsyncResult(tid).get(timeout=GET_TIMEOUT) == case.result
+    # (b') the event that goes with the state, and no outcome event otherwise
+    mine = lambda: [e["type"] for e in list(events.events) if e.get("uuid") == tid]
+    if case.state:
+        want = STATE_EVENT[case.state.partition(":")[0]]
+        wait_until(lambda: want in mine(), scaled(5), what="a %s event" % want)
+    else:
+        assert not set(mine()) & set(STATE_EVENT.values()), mine()
     # (d) alive, (f) nothing left behind
     assert w.alive(), "the worker died on %s" % case.name
     assert not _queue_left(urls), "left in the queue after %s" % case.name
