@@ -146,6 +146,8 @@ typedef struct redis_transport {
     long long blk_id;   /* its CLIENT ID, to unblock it at shutdown */
     double down_since;  /* monotonic start of a broker outage, 0 = up */
     bool acks_logged;   /* "ack(s) not sent yet" said once until a flush works */
+    double next_retry;  /* monotonic time of the next reconnect attempt */
+    int retries;        /* failed reconnects in this outage, for the backoff */
     bool waiting;
     char **queues;      /* consumed queues, rotated for fairness */
     int nqueues;
@@ -218,7 +220,7 @@ static void outage(redis_transport *t, const char *what)
 {
     if (t->down_since == 0) {
         t->down_since = cel_monotonic();
-        cel_error("broker: %s; retrying every second", what);
+        cel_error("broker: %s; reconnecting with backoff (up to 2 s)", what);
     }
 }
 
@@ -229,11 +231,21 @@ static int reconnect_cmd(redis_transport *t)
     if (t->cmd) {
         outage(t, t->cmd->errstr);
         redisFree(t->cmd);
+        t->cmd = NULL;
     }
+    /* Backoff: every caller of a loop turn (fetch, flush, restore, publish)
+     * would otherwise dial a dead server; attempts 0.25, 0.5, 1, 2 s apart,
+     * then every 2 s, so a short restart is caught at once and a long outage
+     * costs little (and the server is back in use at most 2 s after it is). */
+    double now = cel_monotonic();
+    if (t->down_since != 0 && now < t->next_retry)
+        return -1;
     char err[256];
     t->cmd = cel_redis_connect(&t->url, 5.0, err, sizeof err);
     if (!t->cmd) {
         outage(t, err);
+        t->retries++;
+        t->next_retry = now + (t->retries < 4 ? 0.125 * (1 << t->retries) : 2.0);
         return -1;
     }
     t->fetch.sha[0] = t->restore.sha[0] = t->unlock.sha[0] = 0;
@@ -249,6 +261,7 @@ static int reconnect_cmd(redis_transport *t)
         cel_broker_reconnects++;
         t->down_since = 0;
         t->acks_logged = false;
+        t->retries = 0;
     }
     return 0;
 }
