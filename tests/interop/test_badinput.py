@@ -425,9 +425,11 @@ def _observe(workers, urls, celery_app, kind, names):
         tid = str(uuid.uuid4())
         _inject(celery_app, urls, by_name[name], tid)
         n = next(_follow)
-        try:
-            celery_app.app.send_task("examples.add", args=[n, 1]).get(timeout=scaled(8))
-        except Exception:  # the reference worker can wedge on some of these
+        good = celery_app.app.send_task("examples.add", args=[n, 1])
+        deadline = time.monotonic() + scaled(8)
+        while not good.ready() and w.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not good.ready():  # the reference worker dies or wedges on some of these
             out[name] = "stuck" if w.alive() else "died"
             workers.stop_all()
             w = None
