@@ -618,7 +618,10 @@ static cel_msg_status parse_rest(cel_message *m, const char *body, size_t body_l
         free(decoded);
         decoded = NULL;
         if (!inflated) {
-            set_err(err, errlen, "task %s[%s]: body does not inflate", m->task, m->id);
+            set_err(err, errlen,
+                    "task %s[%s]: body does not inflate (corrupt, or larger than "
+                    "--max-message-size)",
+                    m->task, m->id);
             return CEL_MSG_DECODE_ERROR;
         }
         p = inflated;
@@ -1184,6 +1187,8 @@ void cel_message_set_max_size(size_t bytes) { max_inflated = bytes; }
 
 void cel_message_set_fast_scan(bool on) { fast_scan = on; }
 
+static void recover_tag(const char *data, size_t len, cel_message *m);
+
 /* The delivery tag of an envelope jansson refused (raw NUL, invalid UTF-8,
  * nesting past its depth limit, an integer past 64 bits).  The transport's
  * fetch script found the tag by a plain text search and recorded the
@@ -1191,6 +1196,12 @@ void cel_message_set_fast_scan(bool on) { fast_scan = on; }
  * be acked and would be restored, and refused, after every visibility
  * timeout.  The last `"delivery_tag": "..."` wins (kombu writes it last); a
  * wrong guess only acks a tag nobody holds. */
+void cel_message_scan_tag(const char *data, size_t len, cel_message *m)
+{
+    memset(m, 0, sizeof *m);
+    recover_tag(data, len, m);
+}
+
 static void recover_tag(const char *data, size_t len, cel_message *m)
 {
     static const char key[] = "\"delivery_tag\"";

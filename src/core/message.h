@@ -108,6 +108,12 @@ cel_msg_status cel_message_parse_redis(const char *data, size_t len,
 cel_msg_status cel_message_parse_redis_head(const char *data, size_t len, cel_message *m,
                                             char *err, size_t errlen);
 
+/* Only the delivery tag of a Redis envelope, found by a text search the way
+ * the fetch script found it, without parsing (for a message too big to be
+ * worth parsing).  Zeroes `m`; m->delivery_tag may stay NULL.  The caller
+ * calls cel_message_clear(m). */
+void cel_message_scan_tag(const char *data, size_t len, cel_message *m);
+
 /* Stage 2–4 on an already-filled `headers`, `properties`-derived fields and a
  * raw body (used by the AMQP transport; the body is raw bytes there).  The
  * caller sets m->headers (ownership passes to m) and the property fields. */

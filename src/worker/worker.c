@@ -571,7 +571,13 @@ static void refuse_oversized(worker *w, cel_delivery *d, size_t size)
 {
     cel_message m;
     char err[256];
-    cel_msg_status st = cel_message_parse_redis_head(d->raw, d->len, &m, err, sizeof err);
+    /* Far over the limit, even reading the headers would cost several
+     * copies of the message: only its tag is looked for, to ack it. */
+    cel_msg_status st = CEL_MSG_BAD_ENVELOPE;
+    if (d->len / 4 > w->cfg->max_message_size)
+        cel_message_scan_tag(d->raw, d->len, &m);
+    else
+        st = cel_message_parse_redis_head(d->raw, d->len, &m, err, sizeof err);
     char why[160];
     snprintf(why, sizeof why, "message of %zu bytes exceeds --max-message-size (%zu)", size,
              w->cfg->max_message_size);

@@ -152,6 +152,9 @@ CASES = [
     # ---- size
     Case("huge-message", TOO_BIG, body=_body(["x" * (MAX_SIZE + 1000)]),
          state="FAILURE:LimitExceeded"),
+    # Far over the limit the headers are not even read: only the tag, to ack it.
+    Case("huge-message-far-over", TOO_BIG, body=_body(["x" * (5 * MAX_SIZE)]), only="redis",
+         with_id=False),
     Case("zlib-bomb", DECODE, headers=lambda t: _hdr(t, compression="application/x-gzip"),
          body=zlib.compress(_body(["x" * (4 * MAX_SIZE)]), 9)),
     # ---- headers
