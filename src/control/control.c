@@ -330,6 +330,13 @@ void cel_control_handle(cel_control *c, const char *envelope, size_t len)
     if (!for_me(c, req))
         goto out;
     const json_t *args = json_object_get(req, "arguments");
+    if (args && !json_is_null(args) && !json_is_object(args)) {
+        /* Every command reads its arguments by name; a forged list or
+         * string is refused whole rather than run with none. */
+        cel_error("remote control: %.100s: 'arguments' is not an object; request dropped",
+                  method);
+        goto out;
+    }
     cel_debug("remote control: %s", method);
     json_t *payload;
     bool reply = true;
