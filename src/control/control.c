@@ -22,6 +22,7 @@
 #include "core/message.h"
 
 #include <fnmatch.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -326,6 +327,11 @@ void cel_control_handle(cel_control *c, const char *envelope, size_t len)
     /* Lamport clock: max(local, remote) + 1 on every message received. */
     const json_t *rc = json_object_get(json_object_get(env, "headers"), "clock");
     long long remote = json_is_integer(rc) ? json_integer_value(rc) : 0;
+    /* A forged clock near 2^63 would overflow the +1 here and on every reply
+     * and event (found by tests/fuzz/fuzz_pidbox); half the range leaves
+     * room for more increments than a worker will ever make. */
+    if (remote > LLONG_MAX / 2)
+        remote = LLONG_MAX / 2;
     c->clock = (remote > c->clock ? remote : c->clock) + 1;
     if (!for_me(c, req))
         goto out;
