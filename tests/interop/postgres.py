@@ -8,6 +8,11 @@
     pg.stop(mode="immediate"); pg.start()    # crash and restart, same data and port
     pg.stop()
 
+    PostgresServer(workdir, password="pw", tls={"certfile": ..., "keyfile": ...})
+        password: TCP connections need it (scram-sha-256); the URL carries it.
+        tls: ssl=on with that certificate, and pg_hba accepts TCP over TLS only
+        (hostssl); the URL asks for sslmode=require.
+
 The server refuses to run as root, so when run as root initdb and pg_ctl run as
 the ``postgres`` user (``su postgres -s /bin/sh -c ...``); the work folder is
 made mode 755 so that user reaches it. Trust authentication, loopback only,
@@ -69,7 +74,8 @@ def free_port():
 
 
 class PostgresServer:
-    def __init__(self, workdir=None, port=None, durable=False, extra_conf=()):
+    def __init__(self, workdir=None, port=None, durable=False, extra_conf=(), password=None,
+                 tls=None):
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="celeriac-pg-")
         self.workdir = Path(workdir)
@@ -81,10 +87,25 @@ class PostgresServer:
         self.bindir = pg_bindir()
         self.as_root = os.geteuid() == 0
         self.initialised = False
+        self.password = password
+        self.tls = dict(tls) if tls else None
 
     @property
     def url(self):
-        return "postgresql://postgres@127.0.0.1:%d/postgres" % self.port
+        from urllib.parse import quote
+        cred = "postgres:%s" % quote(self.password, safe="") if self.password else "postgres"
+        return "postgresql://%s@127.0.0.1:%d/postgres%s" % (
+            cred, self.port, "?sslmode=require" if self.tls else "")
+
+    def url_with(self, password=None, **params):
+        """The URL with another password and/or other query parameters (sslmode=...)."""
+        from urllib.parse import quote, urlencode
+        pw = self.password if password is None else password
+        cred = "postgres:%s" % quote(pw, safe="") if pw else "postgres"
+        q = {"sslmode": "require"} if self.tls else {}
+        q.update(params)
+        return "postgresql://%s@127.0.0.1:%d/postgres%s" % (
+            cred, self.port, "?" + urlencode(q) if q else "")
 
     def _run(self, argv, check=True, timeout=120):
         """Run a server tool, as the postgres user when we are root."""
@@ -109,7 +130,28 @@ class PostgresServer:
             os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
         self._run([str(self.bindir / "initdb"), "-D", str(self.datadir), "-A", "trust",
                    "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8"])
+        if self.password or self.tls:
+            self._secure()
         self.initialised = True
+
+    def _secure(self):
+        """pg_hba: the socket trusted (for setting the password), TCP only with
+        the password and/or only over TLS; the certificate copied in, 0600 and
+        owned by the server's user as the server demands."""
+        method = "scram-sha-256" if self.password else "trust"
+        kind = "hostssl" if self.tls else "host"
+        (self.datadir / "pg_hba.conf").write_text(
+            "local all all trust\n%s all all 127.0.0.1/32 %s\n" % (kind, method))
+        if self.tls:
+            for key, name in (("certfile", "server.crt"), ("keyfile", "server.key")):
+                dst = self.datadir / name
+                shutil.copyfile(self.tls[key], dst)
+                os.chmod(dst, 0o600)
+        if self.as_root:
+            pw = pwd.getpwnam("postgres")
+            for name in ("pg_hba.conf", "server.crt", "server.key"):
+                if (self.datadir / name).exists():
+                    os.chown(self.datadir / name, pw.pw_uid, pw.pw_gid)
 
     def start(self, timeout=60):
         if not self.initialised:
@@ -118,9 +160,16 @@ class PostgresServer:
                 "-c listen_addresses=127.0.0.1", "-c max_connections=100"]
         if not self.durable:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        if self.tls:
+            opts += ["-c ssl=on", "-c ssl_cert_file=server.crt", "-c ssl_key_file=server.key"]
         opts += ["-c %s" % c for c in self.extra_conf]
         self._run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o", " ".join(opts),
                    "-l", str(self.logfile), "-w", "-t", str(int(timeout)), "start"])
+        if self.password:
+            # Over the (trusted) socket: TCP needs the password already.
+            sql = "ALTER USER postgres PASSWORD '%s'" % self.password.replace("'", "''")
+            self._run([str(self.bindir / "psql"), "-h", str(self.datadir), "-p", str(self.port),
+                       "-U", "postgres", "-d", "postgres", "-qAtc", sql])
         return self
 
     def stop(self, mode="fast"):
