@@ -1629,6 +1629,16 @@ static int apply_option(cel_config *c, struct cli_state *st, const struct worker
     return 0;
 }
 
+/* A stray argument is quoted back unless it looks like a URL: `celeriac
+ * worker redis://:pw@host` (a forgotten -b) must not print the password. */
+static void unexpected_argument(const char *a, char *err, size_t errlen)
+{
+    if (strstr(a, "://") || strchr(a, '@'))
+        set_err(err, errlen, "unexpected argument (a URL? not shown; broker URLs go after -b)");
+    else
+        set_err(err, errlen, "unexpected argument: %s", a);
+}
+
 /* Walks argv[1..], calling apply_option() for each option in order. */
 static int walk_args(cel_config *c, struct cli_state *st, int argc, char **argv, char *err,
                      size_t errlen)
@@ -1637,7 +1647,7 @@ static int walk_args(cel_config *c, struct cli_state *st, int argc, char **argv,
         const char *a = argv[i];
         if (strcmp(a, "--") == 0) {
             if (i + 1 < argc) {
-                set_err(err, errlen, "unexpected argument: %s", argv[i + 1]);
+                unexpected_argument(argv[i + 1], err, errlen);
                 return -1;
             }
             return 0;
@@ -1700,7 +1710,7 @@ static int walk_args(cel_config *c, struct cli_state *st, int argc, char **argv,
                     break; /* the rest of this argument was the value */
             }
         } else {
-            set_err(err, errlen, "unexpected argument: %s", a);
+            unexpected_argument(a, err, errlen);
             return -1;
         }
     }

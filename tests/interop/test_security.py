@@ -191,6 +191,9 @@ def provoke_worker_errors(good_broker, good_backend, bad_broker, bad_backends):
     rc, out = run_celeriac(["worker", "-b", "redis://:%s@127.0.0.1:notaport/0" % SENTINEL])
     assert rc == 64, out
     outputs.append(("malformed port", out))
+    rc, out = run_celeriac(["worker", good_broker])  # -b forgotten
+    assert rc == 64 and "unexpected argument" in out, out
+    outputs.append(("stray URL argument", out))
     rc, out = run_celeriac(["worker", "--broker_use_ssl", SENTINEL])
     assert rc == 64, out
     outputs.append(("unknown option", out))
