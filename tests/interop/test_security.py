@@ -508,3 +508,73 @@ def test_uid_gid_errors():
     assert rc == 64 and "group does not exist: no-such-group-x" in out, out
     rc, out = run_celeriac(["worker", "--help"])
     assert "--uid USER" in out and "--gid GROUP" in out, out
+
+
+# --------------------------------------------------------------------------- Redis over TLS
+
+@pytest.mark.redis_broker
+@pytest.mark.redis_backend
+def test_redis_tls_through_a_local_stunnel(start_worker, tmp_path, monkeypatch):
+    """hiredis 0.14 (Debian 12) has no TLS, so celeriac reaches a TLS Redis
+    through a local stunnel client: redis-server --tls-port (built with TLS
+    in Debian 12), stunnel verifying its certificate against the test's CA,
+    celeriac on redis://127.0.0.1:<stunnel port>. The producer uses rediss://
+    directly.  A tunnel that trusts another CA delivers nothing."""
+    require_celeriac()
+    stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
+    if not stunnel or not shutil.which("openssl"):
+        pytest.skip("stunnel4 / openssl not installed (apt-get install stunnel4)")
+    certs, other = _make_ca(tmp_path, "redis"), _make_ca(tmp_path, "wrong")
+    tls_port, plain_port, bad_port = free_port(), free_port(), free_port()
+    redis_log = open(tmp_path / "redis.log", "wb")
+    redis = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(tls_port), "--bind", "127.0.0.1",
+         "--tls-cert-file", certs["certfile"], "--tls-key-file", certs["keyfile"],
+         "--tls-ca-cert-file", certs["ca"], "--tls-auth-clients", "no",
+         "--requirepass", SENTINEL, "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=redis_log, stderr=subprocess.STDOUT, start_new_session=True)
+    tunnels = []
+    for port, ca in ((plain_port, certs["ca"]), (bad_port, other["ca"])):
+        conf = tmp_path / ("stunnel-%d.conf" % port)
+        conf.write_text("foreground = yes\npid =\nsyslog = no\ndebug = notice\n"
+                        "output = %s\n[redis]\nclient = yes\naccept = 127.0.0.1:%d\n"
+                        "connect = 127.0.0.1:%d\nverifyChain = yes\nCAfile = %s\n"
+                        "checkHost = localhost\n"
+                        % (tmp_path / ("stunnel-%d.log" % port), port, tls_port, ca))
+        tunnels.append(subprocess.Popen([stunnel, str(conf)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True))
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    try:
+        def tunnel_up():
+            out = subprocess.run(["redis-cli", "-p", str(plain_port), "--no-auth-warning", "-a",
+                                  SENTINEL, "ping"], capture_output=True, text=True)
+            return "PONG" in out.stdout
+        wait_until(tunnel_up, scaled(15), what="redis through stunnel")
+        broker = "redis://:%s@127.0.0.1:%d/0" % (SENTINEL, plain_port)
+        backend = "redis://:%s@127.0.0.1:%d/1" % (SENTINEL, plain_port)
+        w = start_worker("celeriac", args=["-b", broker, "--result-backend", backend])
+        direct = "rediss://:%s@localhost:%d/%%d?ssl_cert_reqs=required&ssl_ca_certs=%s" % (
+            SENTINEL, tls_port, certs["ca"])
+        app = producer(direct % 0, direct % 1)
+        try:
+            assert app.send_task("examples.add", args=[4, 5]).get(timeout=GET_TIMEOUT) == 9
+        finally:
+            app.close()
+        assert_clean("worker log (Redis over stunnel)", worker_log(w))
+        # The tunnel that trusts another CA: the handshake fails, nothing connects.
+        rc, out = run_celeriac(worker_args("redis://:%s@127.0.0.1:%d/0" % (SENTINEL, bad_port))
+                               + ["-l", "debug"],
+                               env={"CELERY_BROKER_CONNECTION_RETRY": "0"}, stop_after=scaled(5))
+        assert rc != 0 and "ready." not in out, out
+        assert_clean("celeriac through an untrusted tunnel", out)
+        assert "certificate verify failed" in (tmp_path / ("stunnel-%d.log" % bad_port)).read_text()
+    finally:
+        for p in tunnels + [redis]:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        redis_log.close()
