@@ -24,6 +24,7 @@ Docs: docs/reliability.md, section "Security".
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -471,8 +472,12 @@ def test_uid_gid_drop_privileges(start_worker, celery_app, tmp_path):
         nogroup = grp.getgrnam("nogroup").gr_gid
     except KeyError:
         nogroup = pwd.getpwnam("nobody").pw_gid
-    w = start_worker("celeriac", concurrency=2, args=["--uid", "nobody", "--gid", str(nogroup)])
-    # (the harness starts workers with -l info)
+    # A working directory nobody can read (`.env` is read there again as nobody
+    # on a SIGHUP restart; the harness's own folders are root's, mode 0700).
+    cwd = tempfile.mkdtemp(prefix="celeriac-uid-")
+    os.chmod(cwd, 0o755)
+    w = start_worker("celeriac", concurrency=2, cwd=cwd,
+                     args=["--uid", "nobody", "--gid", str(nogroup)])
     assert celery_app.app.send_task("examples.add", args=[20, 22]).get(timeout=GET_TIMEOUT) == 42
     uids, gids, groups = _ids(w.pid)
     assert uids == [nobody] * 4 and gids == [nogroup] * 4, (uids, gids)
@@ -482,6 +487,14 @@ def test_uid_gid_drop_privileges(start_worker, celery_app, tmp_path):
     for k in kids:
         assert _ids(k)[0] == [nobody] * 4 and _ids(k)[1] == [nogroup] * 4
     assert "Running as uid %d gid %d" % (nobody, nogroup) in w.log_text()
+    # SIGHUP re-executes the worker, now unprivileged, with the same --uid/--gid:
+    # asking for the ids it already has is not an error.
+    offset = w.log_size()
+    os.kill(w.pid, signal.SIGHUP)
+    wait_until(lambda: "ready." in w.log_text(offset), scaled(20), what="restart after SIGHUP")
+    assert "Running as uid %d gid %d" % (nobody, nogroup) in w.log_text(offset)
+    assert _ids(w.pid)[0] == [nobody] * 4
+    assert celery_app.app.send_task("examples.add", args=[1, 1]).get(timeout=GET_TIMEOUT) == 2
     # The log file is opened before the drop: root's file, still written to
     # after it (here the connection error of an unreachable broker).
     logfile = tmp_path / "root-owned.log"
