@@ -14,7 +14,7 @@ CELERIAC_PACKAGES=(
     libhiredis-dev libjansson-dev uuid-dev zlib1g-dev libcmocka-dev librabbitmq-dev
     libutf8proc-dev clang libclang-rt-14-dev
     redis-server rabbitmq-server python3-celery python3-redis python3-pytest
-    postgresql libpq-dev python3-psycopg2 valgrind
+    postgresql libpq-dev python3-psycopg2 valgrind stunnel4
 )
 
 # The Python that has celery/redis/pytest (Debian's), whatever comes first on PATH.
