@@ -17,6 +17,8 @@
     nobody/nogroup and tasks still run (skipped unless root).
   - SQL: a hostile list name and entry names (quotes, `'; DROP TABLE`, tab,
     backslash, newline) go through enrich_list harmlessly.
+  - Redis TLS: hiredis 0.14 has none, so the documented way is a local
+    stunnel client; tested against redis-server --tls-port (needs stunnel4).
 
 Docs: docs/reliability.md, section "Security".
 """
