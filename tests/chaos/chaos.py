@@ -528,10 +528,19 @@ def sc_kill9(ctx, broker):
         ids = producer.send(sz.tasks, sleep_ms=10)
         res.tasks = len(ids)
         w = fleet.start(fleet.make("c-kill9", concurrency=4, env=env))
+        t_start = time.monotonic()
         kills = []
+        gap = 0.5
         while len(kills) < sz.kills:
-            time.sleep(ctx.rng.uniform(0.2, 1.0))
-            if producer.count_success(ids) >= len(ids):
+            time.sleep(gap)
+            # Spread the kills over the whole run: the next one a random fraction of
+            # the time the rest of the run should take, shared among the kills left.
+            done = producer.count_success(ids)
+            rate = done / max(0.1, time.monotonic() - t_start)
+            left_s = (len(ids) - done) / rate if rate > 0 else 5.0
+            gap = min(3.0, max(0.1, ctx.rng.uniform(0.3, 1.7) * left_s
+                               / (sz.kills - len(kills) + 1)))
+            if done >= len(ids):
                 res.notes.append("the run ended after %d kills" % len(kills))
                 break
             kills.append(fleet.kill(w))
@@ -544,6 +553,11 @@ def sc_kill9(ctx, broker):
         finish_tasks(res, producer, recs, ids, fleet.killed)
         rt = recovery_times(recs, kills)
         res.recovery = max(rt) if rt else None
+        times = sorted(t for ex in recs.values() for t, _, _ in ex)
+        if kills and len(times) > 1:
+            span = times[-1] - times[0]
+            res.notes.append("kills at %s%% of the run (%.1f s)" % (
+                ",".join("%.0f" % (100 * (k - times[0]) / span) for k in kills), span))
         if len(kills) < sz.kills:
             res.problems.append("only %d of %d kills happened before the run ended"
                                 % (len(kills), sz.kills))
