@@ -113,6 +113,8 @@ static inline void cel_backend_close(cel_backend *b)
 
 /* rpc:// over the amqp:// broker of `cfg` (rpc.c). */
 cel_backend *cel_backend_rpc_open(const cel_config *cfg, char *err, size_t errlen);
+/* rpc.c, inside celeriac-amqp.so; cel_backend_rpc_open (amqp_plugin.c) loads it. */
+cel_backend *cel_amqp_plugin_rpc_open(const cel_config *cfg, char *err, size_t errlen);
 
 /* Redis implementation (redis.c). */
 cel_backend *cel_backend_redis_open(const cel_url *u, const cel_config *cfg, char *err,

@@ -159,7 +159,7 @@ static const cel_backend_ops rpc_ops = {
     .close = rpc_close,
 };
 
-cel_backend *cel_backend_rpc_open(const cel_config *cfg, char *err, size_t errlen)
+cel_backend *cel_amqp_plugin_rpc_open(const cel_config *cfg, char *err, size_t errlen)
 {
     cel_url u;
     if (cel_url_parse(cfg->broker_url, &u, err, errlen) < 0)

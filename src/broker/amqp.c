@@ -887,8 +887,8 @@ static const cel_transport_ops amqp_ops = {
     .close = at_close,
 };
 
-cel_transport *cel_amqp_transport_open(const cel_url *u, const cel_config *cfg, bool consume,
-                                       char *err, size_t errlen)
+cel_transport *cel_amqp_plugin_transport_open(const cel_url *u, const cel_config *cfg, bool consume,
+                                              char *err, size_t errlen)
 {
     amqp_transport *t = calloc(1, sizeof *t);
     if (!t)

@@ -96,7 +96,11 @@ cel_transport *cel_transport_open(const cel_config *cfg, bool consume, char *err
 
 cel_transport *cel_redis_transport_open(const cel_url *u, const cel_config *cfg,
                                         bool consume, char *err, size_t errlen);
+/* Loads celeriac-amqp.so on first use (amqp_plugin.c) and calls the next one. */
 cel_transport *cel_amqp_transport_open(const cel_url *u, const cel_config *cfg, bool consume,
                                        char *err, size_t errlen);
+/* amqp.c, inside celeriac-amqp.so. */
+cel_transport *cel_amqp_plugin_transport_open(const cel_url *u, const cel_config *cfg,
+                                              bool consume, char *err, size_t errlen);
 
 #endif

@@ -30,6 +30,7 @@ R=$DEST$PREFIX
 missing=0
 for f in bin/celeriac bin/celeriac-db \
          "$LIBDIR/celeriac/libceleriac-examples.so" "$LIBDIR/celeriac/libceleriac-enrich.so" \
+         "$LIBDIR/celeriac/celeriac-amqp.so" \
          include/celeriac/task.h include/celeriac/score.h "$LIBDIR/pkgconfig/celeriac.pc" \
          share/man/man1/celeriac.1 share/doc/celeriac/examples/celeriac.service \
          share/doc/celeriac/examples/.env.example; do
