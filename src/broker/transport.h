@@ -81,6 +81,10 @@ typedef struct cel_transport_ops {
      * forget.  May be NULL. */
     int (*publish_event)(cel_transport *t, const char *routing_key, const char *body, size_t len,
                          const char *hostname);
+    /* Sends the events publish_event queued; called once per loop turn
+     * before the worker sleeps, and by close().  May be NULL (publish_event
+     * sends at once).  Returns 0 or -1. */
+    int (*flush_events)(cel_transport *t);
     void (*close)(cel_transport *t);
 } cel_transport_ops;
 

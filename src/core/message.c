@@ -27,6 +27,7 @@
 #include "core/util.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -104,8 +105,15 @@ static void py_float_repr(double d, bool json_spelling, char *out, size_t outlen
         snprintf(out, outlen, "%s%s", d < 0 ? "-" : "", json_spelling ? "Infinity" : "inf");
         return;
     }
+    /* Shortest round trip, in at most three tries: when 15 significant
+     * digits round-trip, they are the shortest digits padded with zeros (a
+     * double's half-ulp, < 1.2e-16 relative, is far inside half a step of
+     * the 15th digit, so the shorter correctly rounded string is also the
+     * closest 15-digit one).  Counting up from one digit cost ~16
+     * snprintf+strtod pairs per timestamp, a tenth of the event path.
+     * Subnormals have fewer bits, so the argument fails there: count up. */
     char tmp[40];
-    for (int prec = 0; prec < 17; prec++) {
+    for (int prec = fabs(d) < DBL_MIN ? 0 : 14; prec < 17; prec++) {
         snprintf(tmp, sizeof tmp, "%.*e", prec, d);
         if (strtod(tmp, NULL) == d)
             break;

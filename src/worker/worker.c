@@ -1543,6 +1543,10 @@ int cel_worker_main(cel_config *cfg)
                 break;
         }
 
+        /* Events of this turn go out in one write before the loop sleeps. */
+        if (w->tr->ops->flush_events)
+            w->tr->ops->flush_events(w->tr);
+
         int nf = 0;
         fds[nf++] = (struct pollfd){.fd = w->sigpipe[0], .events = POLLIN};
         int waitfd = -1;

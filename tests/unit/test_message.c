@@ -798,6 +798,11 @@ static void test_json_dumps_py(void **state)
         {-0.0, "-0.0"},        {1e22, "1e+22"},      {0.0001, "0.0001"},
         {1.0 / 3, "0.3333333333333333"},             {2.5e-300, "2.5e-300"},
         {9999999999999998.0, "9999999999999998.0"},  {1e15 + 0.5, "1000000000000000.5"},
+        /* 15, 16 and 17 significant digits, subnormals and the largest
+         * double: the three tries of py_float_repr each win somewhere. */
+        {0.1 + 0.2, "0.30000000000000004"},          {5e-324, "5e-324"},
+        {1.5e-323, "1.5e-323"},                      {123456789012345.6, "123456789012345.6"},
+        {1764370000.1234567, "1764370000.1234567"},  {1.7976931348623157e308, "1.7976931348623157e+308"},
     };
     for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
         json_t *r = json_real(reals[i].v);

@@ -14,6 +14,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "core/util.h"
@@ -259,6 +261,32 @@ static void test_uuid4_format(void **state)
     assert_non_null(strchr("89ab", a[19]));
 }
 
+/* cel_uuid4 draws from a pool of random bytes: a forked child must not hand
+ * out the ids its parent will (pool processes build messages too). */
+static void test_uuid4_after_fork(void **state)
+{
+    (void)state;
+    char first[37], parent[37], child[37] = "";
+    cel_uuid4(first); /* fills the pool before the fork */
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        cel_uuid4(child);
+        _exit(write(p[1], child, 37) == 37 ? 0 : 1);
+    }
+    close(p[1]);
+    assert_int_equal(read(p[0], child, 37), 37);
+    close(p[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    cel_uuid4(parent);
+    assert_string_not_equal(parent, child);
+    assert_string_not_equal(first, child);
+}
+
 static void test_buf(void **state)
 {
     cel_buf b = {0};
@@ -321,6 +349,7 @@ int main(void)
         cmocka_unit_test(test_iso8601_round_trip),
         cmocka_unit_test(test_clocks),
         cmocka_unit_test(test_uuid4_format),
+        cmocka_unit_test(test_uuid4_after_fork),
         cmocka_unit_test(test_buf),
         cmocka_unit_test(test_grow),
     };
