@@ -31,6 +31,7 @@ starts at the score where the pooled true pairs' recall reaches 0.97.
 import argparse
 import datetime
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -101,14 +102,27 @@ def irls(X, y, w, l2, fixed=None):
     return beta
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--celeriac", default=os.path.join(ROOT, "build-score", "src", "celeriac"))
-    ap.add_argument("--pairs", default=os.path.join(ROOT, "bench", "data", "pairs.tsv"))
-    ap.add_argument("--out", default=os.path.join(HERE, "model.h"))
-    ap.add_argument("--dry-run", action="store_true")
-    a = ap.parse_args()
+def built_weights(path, d):
+    """The weights in model.h as written (and so as built), or None."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    body = text.split("cs_model_w[CEL_SCORE_NFEATURES] = {", 1)
+    if len(body) != 2:
+        return None
+    vals = [float(l.split(",")[0]) for l in body[1].split("};")[0].splitlines() if l.strip()]
+    return np.array(vals) if len(vals) == d else None
 
+
+def objective(X, y, w, beta, l2):
+    """The fit's penalised, weighted negative log-likelihood (what IRLS minimises)."""
+    z = X @ beta
+    nll = np.sum(w * (np.logaddexp(0.0, z) - y * z))
+    return nll + 0.5 * l2 * np.sum(beta[1:] ** 2)
+
+
+def fit_round(a):
     rows = load(a.pairs)
     names, X, cls = features(a.celeriac, rows)
     keep = np.array([c != "NO_DATA" for c in cls])
@@ -120,6 +134,11 @@ def main():
     for idx in groups.values():
         w[idx] = 1000.0 / len(idx)
     w[~keep] = 0.0
+    # the model as built: its objective on its own alignments (the features
+    # above were chosen by its weights), to pick among alternating rounds
+    cur = built_weights(a.out, len(names))
+    cur_obj = objective(X, y, w, cur, L2) if cur is not None else float("inf")
+    print("model as built: objective %.2f" % cur_obj)
     # columns that never vary would make the Hessian singular: the L2 term keeps it sound
     fixed = set()
     for _ in range(len(names)):
@@ -168,14 +187,14 @@ def main():
             print("  %-14s %-20s label %d  n=%-6d RPC %.1f%%" % (k[0], k[1], lab, m.sum(),
                                                                 100 * acc[m].mean()))
     if a.dry_run:
-        return
+        return cur_obj, None
     digest = hashlib.sha1(open(a.pairs, "rb").read()).hexdigest()[:8]
     # the weights' own digest too: two fits of the same data (say, after a
     # feature change) must not share a version, since enrich stores it with each score
     wdigest = hashlib.sha1(("%d %d " % (rpc, review) + " ".join("%.6f" % b for b in beta))
                            .encode()).hexdigest()[:6]
     version = "lr-%s-%s-%s" % (datetime.date.today().isoformat(), digest, wdigest)
-    with open(a.out, "w") as f:
+    with io.StringIO() as f:
         f.write("/* model.h — the scorer's logistic-regression weights and default thresholds.\n"
                 " * Written by src/score/fit_model.py (train split of bench/data/pairs.tsv,\n"
                 " * sha1 %s...); do not edit by hand. Feature order: cel_score_feature_name(). */\n"
@@ -187,7 +206,51 @@ def main():
         for n_, b in zip(names, beta):
             f.write("    %.6f, /* %s */\n" % (b, n_))
         f.write("};\n\n#endif\n")
+        text = f.getvalue()
+    with open(a.out, "w") as fo:
+        fo.write(text)
     print("wrote %s (%s)" % (a.out, version))
+    return cur_obj, text
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--celeriac", default=os.path.join(ROOT, "build-score", "src", "celeriac"))
+    ap.add_argument("--pairs", default=os.path.join(ROOT, "bench", "data", "pairs.tsv"))
+    ap.add_argument("--out", default=os.path.join(HERE, "model.h"))
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="fit, rebuild (ninja -C the --celeriac binary's build dir), repeat; "
+                         "then ship the round whose model has the lowest objective on its own alignments")
+    a = ap.parse_args()
+    if a.rounds <= 1 or a.dry_run:
+        fit_round(a)
+        return 0
+    build = os.path.dirname(os.path.dirname(os.path.abspath(a.celeriac)))
+    seen = []  # (objective of the model as built, its model.h text)
+
+    def rebuild():
+        subprocess.run(["ninja", "-C", build], check=True, stdout=subprocess.DEVNULL)
+
+    for i in range(a.rounds):
+        print("== round %d" % (i + 1))
+        before = open(a.out).read() if os.path.exists(a.out) else None
+        obj, _ = fit_round(a)
+        if before is not None:
+            seen.append((obj, before))
+        rebuild()
+    a2 = argparse.Namespace(**vars(a))
+    a2.dry_run = True
+    print("== last round's model")
+    obj, _ = fit_round(a2)
+    seen.append((obj, open(a.out).read()))
+    best = min(range(len(seen)), key=lambda k: seen[k][0])
+    print("objectives of the models as built: %s; shipping #%d" %
+          (", ".join("%.2f" % o for o, _ in seen), best + 1))
+    with open(a.out, "w") as f:
+        f.write(seen[best][1])
+    rebuild()
+    return 0
 
 
 if __name__ == "__main__":
