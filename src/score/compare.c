@@ -145,8 +145,10 @@ static cs_sim part_sim(ctx *c, int i, int j)
     size_t mn = ls < lt ? ls : lt;
     size_t diff = ls > lt ? ls - lt : lt - ls;
     /* a cut word (caller-ID's 15 characters: "CHRISTOP") is no name of its
-     * own; "daniel" in "danielle" is a different name, not a truncation */
-    if (mn >= 3 && s[0] == t[0] && !memcmp(s, t, mn)) {
+     * own; "daniel" in "danielle" is a different name, not a truncation.
+     * One missing last letter ("HILLEGAS" / "HILLEGASS") is a one-letter
+     * deletion as much as a cut: it takes the typo grade below */
+    if (mn >= 3 && diff >= 2 && s[0] == t[0] && !memcmp(s, t, mn)) {
         const cs_part *sh = ls < lt ? pa : pb;
         if (!sh->grar && !sh->srar) {
             r.level = L_TRUNC;

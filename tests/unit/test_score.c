@@ -245,6 +245,10 @@ static void test_reasons(void **state)
     expect_class("Christopher Walker", "WALKER CHRISTOP", CEL_SCORE_RPC,
                  CEL_SCORE_R_TRUNCATED | CEL_SCORE_R_SWAPPED);
     expect_class("Katherine Johnson", "Kathrine Johnson", CEL_SCORE_RPC, CEL_SCORE_R_TYPO);
+    /* one missing last letter is a typo, not a caller-ID cut */
+    expect_class("Mary Kowalczyk", "MARY KOWALCZY", CEL_SCORE_RPC, CEL_SCORE_R_TYPO);
+    assert_false(cmp("Mary Kowalczyk", "MARY KOWALCZY").reasons & CEL_SCORE_R_TRUNCATED);
+    expect_class("Mary Kowalczyk", "MARY KOWALC", CEL_SCORE_RPC, CEL_SCORE_R_TRUNCATED);
     expect_class("Anna Marie Cole", "ANNAMARIE COLE", CEL_SCORE_RPC, CEL_SCORE_R_TYPO);
     expect_class("Mary Smith-Jones", "Mary Jones", CEL_SCORE_RPC, CEL_SCORE_R_PARTIAL_SURNAME);
     expect_class("J. Robert Smith", "Robert Smith", CEL_SCORE_RPC, CEL_SCORE_R_MIDDLE_NAME);
