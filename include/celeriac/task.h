@@ -159,6 +159,26 @@ const json_t *cel_task_delivery_info(const cel_task *t);
  * (sleep, read) return early with EINTR when the limit passes. */
 bool cel_task_soft_limit_exceeded(const cel_task *t);
 
+/* --- Logging -------------------------------------------------------------- */
+
+/* Levels, with the numbers of Python's logging module. */
+enum {
+    CEL_TASK_DEBUG = 10,
+    CEL_TASK_INFO = 20,
+    CEL_TASK_WARNING = 30,
+    CEL_TASK_ERROR = 40,
+    CEL_TASK_CRITICAL = 50,
+};
+
+/* Writes one line to the worker's log (stderr or --logfile), in the shape of
+ * Celery's task logger:
+ *     [2026-11-28 10:43:39,447: INFO/ForkPoolWorker-1] examples.add[<id>]: message
+ * `t` may be NULL (e.g. in celeriac_module_init): the line has no task part.
+ * Lines below the worker's --loglevel are dropped; a message is cut at
+ * about 4 KB.  printf-style `fmt`; nothing is retained. */
+void cel_task_log(const cel_task *t, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #ifdef __cplusplus
 }
 #endif

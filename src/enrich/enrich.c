@@ -130,8 +130,8 @@ static long env_long(const char *name, long def, long lo, long hi)
     errno = 0;
     long x = strtol(v, &end, 10);
     if (errno || *end || x < lo || x > hi) {
-        fprintf(stderr, "enrich: ignoring %s=%s (expected an integer in %ld..%ld)\n", name, v, lo,
-                hi);
+        cel_task_log(NULL, CEL_TASK_WARNING,
+                     "enrich: ignoring %s=%s (expected an integer in %ld..%ld)", name, v, lo, hi);
         return def;
     }
     return x;
@@ -145,7 +145,8 @@ static double env_double(const char *name, double def)
     char *end;
     double x = strtod(v, &end);
     if (*end || !(x >= 0) || x > 86400) {
-        fprintf(stderr, "enrich: ignoring %s=%s (expected seconds)\n", name, v);
+        cel_task_log(NULL, CEL_TASK_WARNING, "enrich: ignoring %s=%s (expected seconds)", name,
+                     v);
         return def;
     }
     return x;
@@ -490,8 +491,8 @@ static int fail(job *j, int kind, const char *err)
             status_update("UPDATE enrichment_queue_jobs SET status = 'retrying', error = $2"
                           " WHERE id = $1 AND status <> 'succeeded'",
                           2, p);
-            fprintf(stderr, "enrich_list(%s, %s): transient database error, %s\n", j->id,
-                    j->list, msg);
+            cel_task_log(t, CEL_TASK_WARNING, "enrich_list(%s, %s): transient database error, %s",
+                         j->id, j->list, msg);
             return cel_task_retry(t, countdown);
         }
         char msg[ERRCAP + 64];
@@ -776,8 +777,8 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
             return cel_task_raise(t, "builtins", "RuntimeError",
                                   "enrich_list(%s, %s): job succeeded but its summary is unreadable",
                                   j->id, j->list);
-        fprintf(stderr, "enrich_list(%s, %s): already succeeded; returning its summary\n", j->id,
-                j->list);
+        cel_task_log(t, CEL_TASK_INFO, "enrich_list(%s, %s): already succeeded; returning its summary",
+                     j->id, j->list);
         return cel_task_return(t, summary);
     }
     PQclear(r);
@@ -1050,11 +1051,11 @@ static int enrich_list(cel_task *t, const json_t *args, const json_t *kwargs)
         return fail(j, transient ? E_TRANSIENT : E_PERMANENT, err);
     }
     double t_end = now_s();
-    fprintf(stderr,
-            "enrich_list(%s, %s): %lld entries in %.3fs: fetch %.3fs, score %.3fs,"
-            " wait for COPY %.3fs, wait for list_entries UPDATE %.3fs, export+commit %.3fs\n",
-            j->id, j->list, j->total, t_end - j->t0, j->t_read, j->t_score, j->t_copy,
-            j->t_update, t_end - t_fin);
+    cel_task_log(t, CEL_TASK_INFO,
+                 "enrich_list(%s, %s): %lld entries in %.3fs: fetch %.3fs, score %.3fs,"
+                 " wait for COPY %.3fs, wait for list_entries UPDATE %.3fs, export+commit %.3fs",
+                 j->id, j->list, j->total, t_end - j->t0, j->t_read, j->t_score, j->t_copy,
+                 j->t_update, t_end - t_fin);
     return cel_task_return(t, summary);
 }
 

@@ -13,6 +13,7 @@ Redis visibility timeout, and progress is read from the Redis result backend).
 import itertools
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -430,15 +431,22 @@ def snapshot(conn, job_id, list_id):
 
 
 def test_duplicate_dispatch_of_finished_job_changes_nothing(enrich_worker, celery_app, db):
-    enrich_worker()
+    w = enrich_worker()
     list_id, _ = seed(db, [r[:3] for r in SMALL])
     job_id = next_id()
     first = send_enrich(celery_app, job_id, list_id).get(timeout=GET_TIMEOUT)
     before = snapshot(db, job_id, list_id)
-    again = send_enrich(celery_app, job_id, list_id).get(timeout=GET_TIMEOUT)
+    offset = w.log_size()
+    res = send_enrich(celery_app, job_id, list_id)
+    again = res.get(timeout=GET_TIMEOUT)
     assert again == first
     assert list(again) == list(first), "the stored summary keeps its key order"
     assert snapshot(db, job_id, list_id) == before
+    # The module logs through cel_task_log: Celery's task-log shape, in the worker's log.
+    pattern = (r"\[[0-9-]+ [0-9:,]+: INFO/ForkPoolWorker-\d+\] enrich_list\[%s\]: "
+               r"enrich_list\(%d, %d\): already succeeded" % (res.id, job_id, list_id))
+    wait_until(lambda: re.search(pattern, w.log_text(offset)), timeout=5,
+               what="%r in the worker log" % pattern)
 
 
 def test_concurrent_duplicates_run_once(enrich_worker, celery_app, db):
