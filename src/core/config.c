@@ -1525,9 +1525,9 @@ static const struct worker_option {
      "soft time limit: the task is told and may clean up"},
     {OPT_EVENTS, "task-events", 'E', NULL, "send task events"},
     {OPT_EVENTS, "events", 0, NULL, "same as --task-events"},
-    {OPT_NO_HEARTBEAT, "without-heartbeat", 0, NULL, "don't send worker heartbeats"},
-    {OPT_NO_GOSSIP, "without-gossip", 0, NULL, "don't subscribe to other workers' events"},
-    {OPT_NO_MINGLE, "without-mingle", 0, NULL, "don't synchronize with other workers at start"},
+    {OPT_NO_HEARTBEAT, "without-heartbeat", 0, NULL, "accepted; no effect: heartbeats are always sent"},
+    {OPT_NO_GOSSIP, "without-gossip", 0, NULL, "accepted; no effect: celeriac does not gossip"},
+    {OPT_NO_MINGLE, "without-mingle", 0, NULL, "accepted; no effect: celeriac does not mingle"},
     {OPT_ACKS_LATE, "acks-late", 0, NULL, "acknowledge after the task ran (task_acks_late)"},
     {OPT_ENV, "env", 0, "NAME", "also read .env.NAME (or set CELERIAC_ENV)"},
     {OPT_ENV_FILE, "env-file", 0, "PATH", "read PATH instead of .env"},
@@ -1551,9 +1551,10 @@ static void print_usage(FILE *out)
                      o->metavar ? o->metavar : "");
         fprintf(out, "  %-34s %s\n", spec, o->help);
     }
-    fprintf(out, "\nSettings also come from CELERY_* variables (e.g. CELERY_BROKER_URL,\n"
-                 "CELERY_TASK_ACKS_LATE) in the environment, .env.NAME and .env, in that\n"
-                 "order of precedence below the command line.\n");
+    fprintf(out, "\nSettings also come from CELERY_* and CELERIAC_* variables (e.g.\n"
+                 "CELERY_BROKER_URL, CELERIAC_CONCURRENCY) in the environment, .env.NAME\n"
+                 "and .env, in that order of precedence below the command line;\n"
+                 "docs/configuration.md lists them all.\n");
 }
 
 /* What the argument walk does with each option it finds. */
