@@ -1255,6 +1255,7 @@ static const struct {
     {"broker_connection_max_retries", set_max_retries},
     {"task_default_queue", set_default_queue},
     {"worker_hostname", set_hostname},
+    {"worker_pool", set_pool},
     {"worker_send_task_events", set_task_events},
     {"accept_content", set_accept_content},
 };
@@ -1525,7 +1526,7 @@ static const struct worker_option {
      "soft time limit: the task is told and may clean up"},
     {OPT_EVENTS, "task-events", 'E', NULL, "send task events"},
     {OPT_EVENTS, "events", 0, NULL, "same as --task-events"},
-    {OPT_NO_HEARTBEAT, "without-heartbeat", 0, NULL, "accepted; no effect: heartbeats are always sent"},
+    {OPT_NO_HEARTBEAT, "without-heartbeat", 0, NULL, "send no worker-online/heartbeat/offline events"},
     {OPT_NO_GOSSIP, "without-gossip", 0, NULL, "accepted; no effect: celeriac does not gossip"},
     {OPT_NO_MINGLE, "without-mingle", 0, NULL, "accepted; no effect: celeriac does not mingle"},
     {OPT_ACKS_LATE, "acks-late", 0, NULL, "acknowledge after the task ran (task_acks_late)"},

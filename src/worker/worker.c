@@ -1456,7 +1456,10 @@ int cel_worker_main(cel_config *cfg)
         cel_info("Connected to broker; consuming from %s with %d %s process(es), prefetch %d",
                  qs, conc, procs ? "prefork" : "solo", w->prefetch);
         cel_info("%s ready.", cfg->hostname);
-        cel_events_worker(w->ev, "worker-online", 0, 0);
+        /* --without-heartbeat: Celery's Heart bootstep is off, and with it
+         * worker-online, -heartbeat and -offline (task events still go). */
+        if (!cfg->without_heartbeat)
+            cel_events_worker(w->ev, "worker-online", 0, 0);
         w->next_heartbeat = cel_monotonic() + 2.0;
     }
 
@@ -1578,12 +1581,12 @@ int cel_worker_main(cel_config *cfg)
         double now = cel_monotonic();
         /* Acks and STARTED states from this turn's dispatch ride on the next
          * turn's round trips; wait at most 2 ms for company. */
-        if (w->ev && now >= w->next_heartbeat) {
+        if (w->ev && !w->cfg->without_heartbeat && now >= w->next_heartbeat) {
             cel_events_worker(w->ev, "worker-heartbeat", running_count_w(w), w->started);
             w->next_heartbeat = now + 2.0;
         }
         double timeout = more ? 0 : (w->acks_pending || w->stores_pending) ? 0.002 : 1.0;
-        if (w->ev && w->next_heartbeat - now < timeout)
+        if (w->ev && !w->cfg->without_heartbeat && w->next_heartbeat - now < timeout)
             timeout = w->next_heartbeat - now;
         if (next_eta < timeout)
             timeout = next_eta;
@@ -1659,7 +1662,8 @@ int cel_worker_main(cel_config *cfg)
         }
     }
     rc = 0;
-    cel_events_worker(w->ev, "worker-offline", 0, w->started);
+    if (!cfg->without_heartbeat)
+        cel_events_worker(w->ev, "worker-offline", 0, w->started);
     cel_info("Worker %s stopped (%lu task(s) processed)", cfg->hostname, w->processed);
 out:
     if (w->pool)

@@ -125,3 +125,27 @@ def test_enable_disable_events_and_heartbeat(worker, kind, celery_app, different
     assert out[2] == [{node: {"ok": "task events disabled"}}]
     assert out[3] == [{node: {"ok": "task events already disabled"}}]
     differential.check(kind, "enable-disable-events", [list(r[0].values()) for r in out])
+
+
+def test_without_heartbeat(start_worker, kind, celery_app, differential):
+    """--without-heartbeat turns off Celery's Heart: no worker-online, -heartbeat or
+    -offline; the worker still answers remote control and sends task events."""
+    cap = Capture(celery_app.app)
+    try:
+        assert cap.ready.wait(15), "event receiver did not start"
+        w = start_worker(kind, args=["-E", "--without-heartbeat"])
+        replies = wait_until(lambda: celery_app.app.control.ping(timeout=1.0), scaled(20),
+                             what="a ping reply")
+        node = next(n for r in replies for n in r if n.split("@", 1)[0] == w.name)
+        r = send(celery_app, "apply_async", "examples.add", [2, 3])
+        assert r.get(timeout=GET_TIMEOUT) == 5
+        wait_until(lambda: any(e.get("type") == "task-succeeded" for e in cap.of(node)),
+                   scaled(10), what="task-succeeded")
+        time.sleep(3)  # past one heartbeat interval (2 s)
+        w.stop()
+        time.sleep(1)
+    finally:
+        cap.stop()
+    types = sorted({e["type"] for e in cap.of(node)})
+    assert not [t for t in types if t.startswith("worker-")], types
+    differential.check(kind, "without-heartbeat", types)
