@@ -1419,6 +1419,19 @@ malformed:
     return -1;
 }
 
+/* Names read with getenv() elsewhere (module search, the AMQP plugin, the
+ * enrich module): a .env line cannot set them, and saying so beats a
+ * setting that silently does nothing. */
+static bool env_only(const char *key)
+{
+    static const char *const names[] = {"CELERIAC_ENV", "CELERIAC_MODULE_PATH",
+                                        "CELERIAC_AMQP_PLUGIN", "DATABASE_URL"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (strcmp(key, names[i]) == 0)
+            return true;
+    return has_prefix(key, "ENRICH_");
+}
+
 int cel_config_load_envfile(cel_config *c, const char *path, bool optional, char *err,
                             size_t errlen)
 {
@@ -1444,11 +1457,20 @@ int cel_config_load_envfile(cel_config *c, const char *path, bool optional, char
             rc = -1;
             break;
         }
-        if (key && (has_prefix(key, "CELERY_") || has_prefix(key, "CELERIAC_"))) {
+        if (key && env_only(key)) {
+            cel_warn("%s:%d: %s is read from the process environment only; this line has no "
+                     "effect (docs/configuration.md)", path, lineno, key);
+        } else if (key && (has_prefix(key, "CELERY_") || has_prefix(key, "CELERIAC_"))) {
             char why2[512];
-            if (cel_config_set(c, key, value, why2, sizeof why2) < 0) {
+            int set = cel_config_set(c, key, value, why2, sizeof why2);
+            if (set < 0) {
                 set_err(err, errlen, "%s:%d: %s", path, lineno, why2);
                 rc = -1;
+            } else if (set > 0 && has_prefix(key, "CELERIAC_")) {
+                /* Not a typo of ours to pass over in silence; unknown
+                 * CELERY_* names are Celery settings celeriac does not
+                 * use, normal in a .env shared with Python producers. */
+                cel_warn("%s:%d: %s is not a celeriac setting; ignored", path, lineno, key);
             }
         }
         free(key);

@@ -83,6 +83,25 @@ def test_bad_option(celeriac_only, tmp_path, opt):
     _assert_usage_error(run_celeriac(args, cwd=tmp_path))
 
 
+def test_dotenv_lines_without_effect_are_warned(celeriac_only, tmp_path):
+    """A .env line that cannot take effect gets a warning naming file, line and key:
+    names read from the process environment only, and a misspelt CELERIAC_ name.
+    Unknown CELERY_ names (Celery settings celeriac does not use) stay quiet, and
+    no value is echoed.  The bad value on the last line ends the run with exit 64."""
+    (tmp_path / ".env").write_text(
+        "DATABASE_URL=postgresql://u:%s@db/x\n"
+        "CELERIAC_CONCURENCY=3\n"
+        "CELERY_TASK_SERIALIZER=json\n"
+        "CELERY_WORKER_CONCURRENCY=abc\n" % SECRET)
+    proc = run_celeriac(["worker", "-A", str(CELERIAC_EXAMPLES_SO)], cwd=tmp_path)
+    _assert_usage_error(proc)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert ".env:1: DATABASE_URL is read from the process environment only" in err, err
+    assert ".env:2: CELERIAC_CONCURENCY is not a celeriac setting; ignored" in err, err
+    assert "CELERY_TASK_SERIALIZER" not in err, err
+    assert ".env:4:" in err, err
+
+
 def test_unknown_subcommand(celeriac_only, tmp_path):
     _assert_usage_error(run_celeriac(["no-such-command"], cwd=tmp_path))
 
