@@ -17,6 +17,10 @@
  * learns of deaths through SIGCHLD + waitpid.  A child that dies while
  * running a job is reported through on_lost and replaced.
  *
+ * The number of processes can change at run time (remote control
+ * pool_grow / pool_shrink); a shrink lets the retired processes finish
+ * their task first.
+ *
  * Solo: cel_pool_submit runs the task in the calling process and reports the
  * outcome before returning.
  */
@@ -96,6 +100,20 @@ int cel_pool_pollfds(cel_pool *p, struct pollfd *fds, int max);
 void cel_pool_handle(cel_pool *p, const struct pollfd *fds, int n);
 /* Reaps exited children (call after SIGCHLD); replaces them unless stopping. */
 void cel_pool_reap(cel_pool *p);
+
+/* Processes the pool runs tasks with (0 for solo): those retiring after a
+ * shrink no longer count. */
+int cel_pool_processes(const cel_pool *p);
+
+/* pool_grow: forks `n` more processes.  Returns how many were started, or
+ * -1 for the solo pool (which cannot grow, as in Celery). */
+int cel_pool_grow(cel_pool *p, int n);
+/* pool_shrink: retires up to `n` idle processes — never one running a
+ * task: each exits when it reads the retire datagram queued behind the
+ * jobs already waiting, and cel_pool_reap drops its slot.  Returns how many
+ * were told to go (fewer than `n` when fewer are idle, as billiard), or -1
+ * for the solo pool. */
+int cel_pool_shrink(cel_pool *p, int n);
 
 /* The child pids (for stats); returns how many were written. */
 int cel_pool_pids(const cel_pool *p, pid_t *out, int max);
