@@ -649,6 +649,8 @@ static int queue_slot(amqp_transport *t)
     return 0;
 }
 
+static int at_cancel_queue(cel_transport *base, const char *queue);
+
 static int at_add_queue(cel_transport *base, const char *queue, const char *exchange,
                         const char *type, const char *routing_key, char *err, size_t errlen)
 {
@@ -678,10 +680,11 @@ static int at_add_queue(cel_transport *base, const char *queue, const char *exch
     if (!t->a)
         return 0; /* down: the reconnect declares and consumes it */
     /* A refused declaration (an exchange of another type, say) closes the
-     * channel: the queue stays listed, and each reconnect tries again, as
-     * kombu's consumer would. */
+     * channel.  The queue is forgotten first: redeclared at every
+     * reconnect, it would keep the worker from consuming anything. */
     if (declare_consumed(t, i, err, errlen) < 0 || consume_queue(t, i, err, errlen) < 0) {
         went_down(t, err);
+        at_cancel_queue(base, queue); /* no connection now: nothing is sent */
         return -1;
     }
     cel_aconn_sent(t->a);

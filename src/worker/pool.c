@@ -766,10 +766,10 @@ int cel_pool_shrink(cel_pool *p, int n)
 {
     if (p->solo)
         return -1;
-    /* billiard retires processes with no job; so does this, counting the
-     * jobs already queued: each will keep a process busy before the
-     * retire datagram behind it is read. */
-    int idle = cel_pool_processes(p) - running_count(p) - p->queued;
+    /* billiard retires only processes running no job, and so many of
+     * them at most.  The retire datagram queues behind the jobs already
+     * waiting: whichever process reads it has finished its task. */
+    int idle = cel_pool_processes(p) - running_count(p);
     int done = 0;
     char none[8] = {0};
     for (; done < n && done < idle; done++) {

@@ -220,3 +220,27 @@ def test_consumer_without_queue(worker, kind, celery_app, differential, missing)
     assert out == {"error": "TypeError(\"%s() missing 1 required positional argument: "
                             "'queue'\")" % missing}
     differential.check(kind, "consumer-no-queue-" + missing, out)
+
+
+@pytest.mark.skipif(not ON_AMQP, reason="RabbitMQ refuses a redeclaration; Redis has no types")
+def test_add_consumer_refused_by_broker(start_worker, kind, celery_app):
+    """An add_consumer RabbitMQ refuses (an exchange redeclared with another
+    type closes the channel) is dropped: the worker reconnects without it and
+    goes on consuming its other queues.  celeriac only: what the Python
+    worker does after the channel error is not what this is about."""
+    if kind == "python":
+        pytest.skip("celeriac's recovery from a refused declaration")
+    w = start_worker(kind)
+    node = _node(celery_app, w)
+    ctl = celery_app.app.control
+    _reply(ctl.add_consumer("qa", exchange="exa", exchange_type="direct", reply=True,
+                            destination=[node], timeout=2.0), node)
+    wait_until(lambda: "qa" in _queue_names(celery_app, node), scaled(15), what="qa added")
+    out = _reply(ctl.add_consumer("qb", exchange="exa", exchange_type="topic", reply=True,
+                                  destination=[node], timeout=2.0), node)
+    assert out == {"ok": "add consumer qb"}
+    assert send(celery_app, "apply_async", "examples.add", [2, 2]).get(timeout=GET_TIMEOUT) == 4
+    assert send(celery_app, "apply_async", "examples.add", [3, 2],
+                queue="qa").get(timeout=GET_TIMEOUT) == 5
+    assert _queue_names(celery_app, node) == ["celery", "qa"]
+    assert "Cannot consume from qb" in w.log_text(0)
