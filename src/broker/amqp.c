@@ -655,9 +655,6 @@ static int at_add_queue(cel_transport *base, const char *queue, const char *exch
                         const char *type, const char *routing_key, char *err, size_t errlen)
 {
     amqp_transport *t = (amqp_transport *)base;
-    for (int i = 0; i < t->nqueues; i++)
-        if (!strcmp(t->queues[i], queue))
-            return 0;
     if (queue_slot(t) < 0) {
         snprintf(err, errlen, "out of memory");
         return -1;

@@ -884,9 +884,6 @@ static int rt_add_queue(cel_transport *base, const char *queue, const char *exch
                         const char *type, const char *routing_key, char *err, size_t errlen)
 {
     redis_transport *t = (redis_transport *)base;
-    for (int i = 0; i < t->nqueues; i++)
-        if (!strcmp(t->queues[i], queue))
-            return 0;
     if (reconnect_cmd(t) < 0) {
         snprintf(err, errlen, "broker unreachable");
         return -1;

@@ -70,8 +70,10 @@ typedef struct cel_transport_ops {
      * `routing_key` (AMQP: exchange.declare, queue.declare, queue.bind,
      * basic.consume; Redis: the `_kombu.binding.<exchange>` member and the
      * queue's lists in the fetch/BRPOP keys).  The transport keeps the
-     * declaration and redeclares it after a reconnect.  0, or -1 with `err`
-     * set.  May be NULL (then the command answers an error). */
+     * declaration and redeclares it after a reconnect.  `queue` must not be
+     * consumed already (the worker keeps that list).  0, or -1 with `err`
+     * set.  May be NULL (then the queue is not added; the reply is still
+     * Celery's, the reason logged). */
     int (*add_queue)(cel_transport *t, const char *queue, const char *exchange,
                      const char *type, const char *routing_key, char *err, size_t errlen);
     /* cancel_consumer: stops consuming `queue` (AMQP basic.cancel; Redis:

@@ -1234,7 +1234,7 @@ static json_t *control_command(void *ud, const char *method, const json_t *args,
         json_object_set_new(c, "broker_url", json_string(b));
         if (w->cfg->result_backend)
             json_object_set_new(c, "result_backend", json_string("********"));
-        json_object_set_new(c, "worker_concurrency", json_integer(w->conc));
+        json_object_set_new(c, "worker_concurrency", json_integer(w->conc0));
         json_object_set_new(c, "worker_prefetch_multiplier",
                             json_integer(w->cfg->prefetch_multiplier));
         if (w->cfg->task_acks_late)
