@@ -347,7 +347,7 @@ static int spawn(cel_pool *p, child *k)
     return 0;
 }
 
-cel_pool *cel_pool_start(int processes, const cel_exec_env *env,
+cel_pool *cel_pool_start(bool solo, int processes, const cel_exec_env *env,
                          const cel_pool_events *ev, void *ud, char *err, size_t errlen)
 {
     cel_pool *p = calloc(1, sizeof *p);
@@ -356,12 +356,12 @@ cel_pool *cel_pool_start(int processes, const cel_exec_env *env,
     p->env = env;
     p->ev = *ev;
     p->ud = ud;
-    p->solo = processes == 0;
-    p->n = processes;
-    p->next_index = processes + 1;
+    p->solo = solo;
+    p->n = solo ? 0 : processes;
+    p->next_index = p->n + 1;
     p->jobq[0] = p->jobq[1] = -1;
-    if (processes > 0) {
-        p->kids = calloc((size_t)processes, sizeof *p->kids);
+    if (!solo) {
+        p->kids = calloc((size_t)processes + 1, sizeof *p->kids);
         if (!p->kids ||
             socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p->jobq) < 0) {
             snprintf(err, errlen, "cannot create the pool's job queue: %s", strerror(errno));

@@ -58,9 +58,10 @@ typedef struct cel_pool_events {
     void (*on_unsent)(void *ud, uint64_t job);
 } cel_pool_events;
 
-/* Starts the pool.  `processes` = 0 means solo.  Returns NULL with `err` set
- * on failure.  `env` (and what it points to) must outlive the pool. */
-cel_pool *cel_pool_start(int processes, const cel_exec_env *env,
+/* Starts the pool: `solo`, or prefork with `processes` (0 is allowed: an
+ * autoscaled pool grows from none).  Returns NULL with `err` set on
+ * failure.  `env` (and what it points to) must outlive the pool. */
+cel_pool *cel_pool_start(bool solo, int processes, const cel_exec_env *env,
                          const cel_pool_events *ev, void *ud, char *err, size_t errlen);
 
 /* How many more jobs the pool takes now (idle processes plus the queue

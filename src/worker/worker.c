@@ -22,6 +22,13 @@
  * multiplier × n (Consumer._update_prefetch_count); add_consumer /
  * cancel_consumer change the consumed queues through the transport, and
  * `queues` below is what inspect active_queues reports.
+ *
+ * --autoscale MAX,MIN is Celery's Autoscaler without its thread: the pool
+ * starts with MIN processes and the window is MAX × multiplier; on every
+ * task received and every AUTOSCALE_KEEPALIVE seconds (30) the pool grows
+ * to the requests held (not ETA-waiting), up to MAX, and — once
+ * keepalive seconds have passed since the last growth — shrinks back
+ * towards them, down to MIN (idle processes only, as pool_shrink).
  */
 #include "worker/worker.h"
 #include "backend/backend.h"
@@ -122,6 +129,13 @@ typedef struct worker {
     int prefetch;
     int conc;             /* pool processes (1 for solo), after pool_grow/shrink */
     int conc0;            /* as started: stats' max-concurrency (Celery's pool.limit) */
+    struct autoscaler {
+        bool on;
+        int max, min;
+        double keepalive;     /* seconds (AUTOSCALE_KEEPALIVE) */
+        double last_up;       /* monotonic time of the last growth; 0 = never */
+        double next_check;    /* monotonic */
+    } as;
     int sigpipe[2];
     enum { RUNNING, WARM, COLD } stop;
     int sigint_count;
@@ -579,6 +593,8 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
 /* ---- receiving -------------------------------------------------------- */
 
 static void receive(worker *w, cel_delivery *d);
+static void autoscale(worker *w);
+static int autoscale_qty(worker *w);
 
 /* A message over --max-message-size: never decoded.  Celery has no such
  * limit; what a producer waiting on the result should see is a FAILURE
@@ -733,8 +749,11 @@ static void receive(worker *w, cel_delivery *d)
                          m->parent_id ? json_string(m->parent_id) : json_null(), "retries",
                          m->retries, "eta", iso_or_null(m->has_eta, m->eta), "expires",
                          iso_or_null(m->has_expires, m->expires)));
-    if (add_req(w, r) == 0)
+    if (add_req(w, r) == 0) {
+        if (!m->has_eta || m->eta <= cel_now())
+            autoscale(w); /* Celery: on_task_message, after task_reserved */
         return;
+    }
     cel_error("out of memory holding task %s[%s]; it will be redelivered", m->task, m->id);
     goto drop;
 drop_reject:
@@ -991,7 +1010,7 @@ static json_t *worker_stats(worker *w)
     snprintf(clock, sizeof clock, "%lld", cel_control_clock(w->ctl));
     const cel_url *u = &w->broker_url;
     bool amqp = u->scheme == CEL_URL_AMQP || u->scheme == CEL_URL_AMQPS;
-    return json_pack(
+    json_t *stats = json_pack(
         "{s:{s:[], s:i, s:s, s:f, s:s, s:b, s:o, s:i, s:b, s:s, s:{}, s:n, s:o, s:s}, s:s, "
         "s:i, s:{s:i, s:s, s:o, s:b, s:[f, f], s:{}}, s:i, s:{s:i, s:i, s:i, s:i, s:i, s:i, "
         "s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f}, s:o, s:i}",
@@ -1014,9 +1033,61 @@ static json_t *worker_stats(worker *w)
         "stime", ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, "utime",
         ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
         "total", total, "uptime", (int)(cel_monotonic() - w->started_at));
+    if (stats && w->as.on) /* Celery's Autoscaler step info */
+        json_object_set_new(stats, "autoscaler",
+                            json_pack("{s:i, s:i, s:i, s:i}", "max", w->as.max, "min", w->as.min,
+                                      "current", cel_pool_processes(w->pool), "qty",
+                                      autoscale_qty(w)));
+    return stats;
 }
 
 /* ---- pool_grow / pool_shrink, add_consumer / cancel_consumer -------- */
+
+/* Celery's Autoscaler.qty: requests received and not finished, ETA-held
+ * ones not counted (Celery reserves them only when due). */
+static int autoscale_qty(worker *w)
+{
+    double now = cel_now();
+    int n = 0;
+    for (size_t i = 0; i < w->nreqs; i++) {
+        const request *r = w->reqs[i];
+        n += !(r->state == REQ_RESERVED && r->msg.has_eta && r->msg.eta > now);
+    }
+    return n;
+}
+
+static void autoscale_grow(worker *w, int n)
+{
+    cel_info("Scaling up %d processes.", n);
+    cel_pool_grow(w->pool, n);
+    w->conc = cel_pool_processes(w->pool);
+}
+
+/* Busy processes are left alone, silently, as Celery's _shrink does. */
+static void autoscale_shrink(worker *w, int n)
+{
+    cel_info("Scaling down %d processes.", n);
+    if (cel_pool_shrink(w->pool, n) < n)
+        cel_debug("Autoscaler won't scale down: all processes busy.");
+    w->conc = cel_pool_processes(w->pool);
+}
+
+/* Autoscaler._maybe_scale. */
+static void autoscale(worker *w)
+{
+    if (!w->as.on || w->stop != RUNNING)
+        return;
+    int procs = cel_pool_processes(w->pool), qty = autoscale_qty(w);
+    int cur = qty < w->as.max ? qty : w->as.max;
+    if (cur > procs) {
+        w->as.last_up = cel_monotonic();
+        autoscale_grow(w, cur - procs);
+        return;
+    }
+    cur = qty > w->as.min ? qty : w->as.min;
+    if (cur < procs && w->as.last_up > 0 && cel_monotonic() - w->as.last_up > w->as.keepalive)
+        autoscale_shrink(w, procs - cur);
+}
 
 static json_t *reply_ok(const char *text) { return json_pack("{s:s}", "ok", text); }
 
@@ -1056,6 +1127,11 @@ static json_t *pool_resize(worker *w, const char *method, const json_t *args)
 {
     bool grow = !strcmp(method, "pool_grow");
     int n = int_arg(args, "n", 1);
+    if (w->as.on)
+        return reply_error(grow ? "pool_grow is not supported with autoscale. Adjust autoscale "
+                                  "range instead."
+                                : "pool_shrink is not supported with autoscale. Adjust autoscale "
+                                  "range instead.");
     if (w->cfg->pool == CEL_POOL_SOLO)
         return reply_error(grow ? "AttributeError(\"'TaskPool' object has no attribute 'grow'\")"
                                 : "AttributeError(\"'TaskPool' object has no attribute "
@@ -1077,6 +1153,35 @@ static json_t *pool_resize(worker *w, const char *method, const json_t *args)
     }
     follow_concurrency(w, -n);
     return reply_ok("pool will shrink");
+}
+
+/* The `autoscale` command: Autoscaler.update.  A lower max retires idle
+ * processes above it and moves the window by the change (Celery's
+ * _update_consumer_prefetch_count); a higher min forks up to it. */
+static json_t *autoscale_update(worker *w, const json_t *args)
+{
+    if (!w->as.on)
+        return reply_error("ValueError('Autoscale not enabled')");
+    const json_t *jmax = json_object_get(args, "max"), *jmin = json_object_get(args, "min");
+    if (jmax && !json_is_null(jmax)) {
+        int max = int_arg(args, "max", w->as.max);
+        int procs = cel_pool_processes(w->pool);
+        if (max < procs)
+            autoscale_shrink(w, procs - max);
+        if (max != w->as.max)
+            follow_concurrency(w, max - w->as.max);
+        w->as.max = max;
+    }
+    if (jmin && !json_is_null(jmin)) {
+        int min = int_arg(args, "min", w->as.min);
+        int procs = cel_pool_processes(w->pool);
+        if (min > procs)
+            autoscale_grow(w, min - procs);
+        w->as.min = min;
+    }
+    char text[96];
+    snprintf(text, sizeof text, "autoscale now max=%d min=%d", w->as.max, w->as.min);
+    return reply_ok(text);
 }
 
 static wqueue *find_queue(worker *w, const char *name)
@@ -1303,7 +1408,7 @@ static json_t *control_command(void *ud, const char *method, const json_t *args,
     if (!strcmp(method, "cancel_consumer"))
         return cancel_consumer(w, args);
     if (!strcmp(method, "autoscale"))
-        return json_pack("{s:s}", "error", "ValueError('Autoscale not enabled')");
+        return autoscale_update(w, args);
     if (!strcmp(method, "pool_restart"))
         return json_pack("{s:s}", "error", "ValueError('Pool restarts not enabled')");
     return NULL;
@@ -1621,15 +1726,33 @@ int cel_worker_main(cel_config *cfg)
             memset(&w->broker_url, 0, sizeof w->broker_url);
     }
     w->task_events = cfg->task_events;
-    w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
+    /* --autoscale: MIN processes to start with, a window for MAX (Celery's
+     * Pool and Consumer steps). */
+    w->as.on = procs && cfg->autoscale_max > 0;
+    int window_procs = procs;
+    if (w->as.on) {
+        w->as.max = cfg->autoscale_max;
+        w->as.min = cfg->autoscale_min;
+        const char *ka = getenv("AUTOSCALE_KEEPALIVE");
+        w->as.keepalive = ka && atof(ka) > 0 ? atof(ka) : 30.0;
+        w->as.next_check = cel_monotonic() + w->as.keepalive;
+        procs = w->as.min;
+        window_procs = w->as.max;
+    }
+    w->pool = cel_pool_start(cfg->pool == CEL_POOL_SOLO, procs, &w->env, &ev, w, err,
+                             sizeof err);
     if (!w->pool) {
         cel_crit("%s", err);
         goto out;
     }
-    int conc = procs ? procs : 1;
+    int conc = cfg->pool == CEL_POOL_SOLO ? 1 : procs;
     w->conc = w->conc0 = conc;
-    w->prefetch = cfg->prefetch_multiplier > 0 ? conc * cfg->prefetch_multiplier
+    if (window_procs < 1)
+        window_procs = 1;
+    w->prefetch = cfg->prefetch_multiplier > 0 ? window_procs * cfg->prefetch_multiplier
                                                : UNLIMITED_PREFETCH;
+    if (w->as.on && w->tr->ops->qos && w->prefetch < UNLIMITED_PREFETCH)
+        w->tr->ops->qos(w->tr, w->prefetch);
 
     /* kombu restores stale unacked messages before the first fetch. */
     w->tr->ops->restore_visible(w->tr);
@@ -1643,7 +1766,9 @@ int cel_worker_main(cel_config *cfg)
             strncat(qs, cfg->queues[i], sizeof qs - strlen(qs) - 1);
         }
         cel_info("Connected to broker; consuming from %s with %d %s process(es), prefetch %d",
-                 qs, conc, procs ? "prefork" : "solo", w->prefetch);
+                 qs, conc, cfg->pool == CEL_POOL_SOLO ? "solo" : "prefork", w->prefetch);
+        if (w->as.on)
+            cel_info("Autoscaling between %d and %d processes", w->as.min, w->as.max);
         cel_info("%s ready.", cfg->hostname);
         cel_events_worker(w->ev, "worker-online", 0, 0);
         w->next_heartbeat = cel_monotonic() + 2.0;
@@ -1774,6 +1899,8 @@ int cel_worker_main(cel_config *cfg)
             timeout = next_eta;
         if (w->next_restore - now < timeout)
             timeout = w->next_restore - now;
+        if (w->as.on && w->as.next_check - now < timeout)
+            timeout = w->as.next_check - now;
         if (timeout < 0)
             timeout = 0;
         int pr = poll(fds, (nfds_t)nf, (int)(timeout * 1000 + 0.999));
@@ -1808,6 +1935,10 @@ int cel_worker_main(cel_config *cfg)
          * Every turn: AMQP's requests arrive with the task frames. */
         if (w->tr->ops->control_read && w->stop == RUNNING)
             control_poll(w, pr > 0 && ctlfd >= 0 && fds[ctlfd].revents);
+        if (w->as.on && cel_monotonic() >= w->as.next_check) {
+            autoscale(w); /* Celery: hub.call_repeatedly(keepalive, maybe_scale) */
+            w->as.next_check = cel_monotonic() + w->as.keepalive;
+        }
         if (cel_monotonic() >= w->next_restore) {
             if (w->stop == RUNNING)
                 w->tr->ops->restore_visible(w->tr);

@@ -244,3 +244,42 @@ def test_add_consumer_refused_by_broker(start_worker, kind, celery_app):
                 queue="qa").get(timeout=GET_TIMEOUT) == 5
     assert _queue_names(celery_app, node) == ["celery", "qa"]
     assert "Cannot consume from qb" in w.log_text(0)
+
+
+def test_autoscale(start_worker, kind, celery_app, differential):
+    """--autoscale MAX,MIN: the pool starts with MIN processes and a window
+    for MAX, grows with the work, shrinks back once idle for the keepalive
+    (AUTOSCALE_KEEPALIVE, 2 s here); the `autoscale` command moves both ends;
+    pool_grow/pool_shrink answer Celery's refusal."""
+    w = start_worker(kind, args=["--autoscale", "4,1"], env={"AUTOSCALE_KEEPALIVE": "2"})
+    node = _node(celery_app, w)
+    ctl = celery_app.app.control
+
+    def processes(n):
+        s = _stats(celery_app, node)
+        return s if len(s["pool"]["processes"]) == n else None
+
+    start = wait_until(lambda: processes(1), scaled(15), what="1 process")
+    assert start["pool"]["max-concurrency"] == 1
+    assert start["autoscaler"] == {"max": 4, "min": 1, "current": 1, "qty": 0}
+    mult = start["prefetch_count"] // 4
+    refused = [_reply(ctl.pool_grow(1, reply=True, destination=[node], timeout=2.0), node),
+               _reply(ctl.pool_shrink(1, reply=True, destination=[node], timeout=2.0), node)]
+    assert refused == [
+        {"error": "pool_grow is not supported with autoscale. Adjust autoscale range instead."},
+        {"error": "pool_shrink is not supported with autoscale. Adjust autoscale range "
+                  "instead."}]
+
+    rs = [send(celery_app, "apply_async", "examples.sleep", [2]) for _ in range(4)]
+    wait_until(lambda: processes(4), scaled(15), what="4 processes")
+    assert [r.get(timeout=GET_TIMEOUT) for r in rs] == [2] * 4
+    wait_until(lambda: processes(1), scaled(20), interval=0.5, what="back to 1 process")
+
+    moved = _reply(ctl.autoscale(3, 2, reply=True, destination=[node], timeout=2.0), node)
+    assert moved == {"ok": "autoscale now max=3 min=2"}
+    after = wait_until(lambda: processes(2), scaled(15), what="2 processes")
+    assert after["prefetch_count"] == start["prefetch_count"] - mult
+    assert after["autoscaler"]["max"] == 3 and after["autoscaler"]["min"] == 2
+    assert send(celery_app, "apply_async", "examples.add", [2, 5]).get(timeout=GET_TIMEOUT) == 7
+    differential.check(kind, "autoscale", [refused, moved, sorted(start["autoscaler"]),
+                                           after["prefetch_count"] - start["prefetch_count"]])
