@@ -574,17 +574,19 @@ int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)
         if (r <= 0)
             break;
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        uint64_t job = RETIRE_JOB;
+        uint64_t job = 0;
+        bool retire = false;
         if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
             int mfd;
             memcpy(&mfd, CMSG_DATA(cm), sizeof mfd);
             if (pread(mfd, &job, 8, 0) != 8)
-                job = RETIRE_JOB;
+                job = 0;
             close(mfd);
         } else if (r >= 8) {
             memcpy(&job, buf, 8); /* MSG_TRUNC: the rest of the datagram is dropped */
+            retire = r == 8 && job == RETIRE_JOB; /* a job carries its envelope */
         }
-        if (job == RETIRE_JOB) {
+        if (retire) {
             /* A retire datagram taken back: that process stays. */
             if (p->retiring > 0)
                 p->retiring--;
@@ -592,7 +594,8 @@ int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)
         }
         if (p->queued > 0)
             p->queued--;
-        jobs[n++] = job;
+        if (job)
+            jobs[n++] = job;
     }
     return n;
 }

@@ -988,8 +988,8 @@ static json_t *queue_info(const wqueue *q)
                      "s:b, s:b, s:b, s:b, s:n, s:[], s:n, s:n, s:n, s:n, s:n, s:n}",
                      "name", q->name, "exchange", "name", q->exchange, "type", q->type,
                      "arguments", "durable", 1, "passive", 0, "auto_delete", 0, "delivery_mode",
-                     "no_declare", 0, "routing_key", q->routing_key, "queue_arguments", "binding_arguments",
-                     "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
+                     "no_declare", 0, "routing_key", q->routing_key, "queue_arguments",
+                     "binding_arguments", "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
                      "no_ack", 0, "alias", "bindings", "no_declare", "expires", "message_ttl",
                      "max_length", "max_length_bytes", "max_priority");
 }
@@ -1041,7 +1041,7 @@ static json_t *worker_stats(worker *w)
     return stats;
 }
 
-/* ---- pool_grow / pool_shrink, add_consumer / cancel_consumer -------- */
+/* ---- autoscale, pool_grow / pool_shrink, add_consumer / cancel_consumer */
 
 /* Celery's Autoscaler.qty: requests received and not finished, ETA-held
  * ones not counted (Celery reserves them only when due). */
