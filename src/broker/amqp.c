@@ -56,6 +56,9 @@ typedef struct amqp_transport {
     char **queues;
     int nqueues;
     char **ctags; /* consumer tag per queue */
+    /* Per queue: exchange, its type and the binding key add_consumer gave
+     * (NULL: Celery's default, exchange and key = the queue, direct). */
+    char **qx, **qtype, **qrk;
     char **declared; /* queues declared on the publishing connection */
     size_t ndeclared;
     cel_aconn *a;   /* consuming connection */
@@ -112,19 +115,47 @@ static int check_reply(cel_aconn *a, const char *what, char *err, size_t errlen)
     return -1;
 }
 
-/* Declares exchange, queue and binding for queue `q` on connection `a`, as
- * Celery does for a queue it creates. */
-static int declare_queue(cel_aconn *a, const char *q, char *err, size_t errlen)
+/* Declares exchange `x` (durable, of `type`), queue `q` (durable) and the
+ * binding with key `rk` on connection `a`, as kombu's Queue.declare does
+ * for a queue Celery creates. */
+static int declare_queue_as(cel_aconn *a, const char *q, const char *x, const char *type,
+                            const char *rk, char *err, size_t errlen)
 {
-    amqp_exchange_declare(a->c, CEL_ACH, cel_abytes(q), cel_abytes("direct"), 0, 1, 0, 0,
+    amqp_exchange_declare(a->c, CEL_ACH, cel_abytes(x), cel_abytes(type), 0, 1, 0, 0,
                           amqp_empty_table);
     if (check_reply(a, "exchange.declare", err, errlen) < 0)
         return -1;
     amqp_queue_declare(a->c, CEL_ACH, cel_abytes(q), 0, 1, 0, 0, amqp_empty_table);
     if (check_reply(a, "queue.declare", err, errlen) < 0)
         return -1;
-    amqp_queue_bind(a->c, CEL_ACH, cel_abytes(q), cel_abytes(q), cel_abytes(q), amqp_empty_table);
+    amqp_queue_bind(a->c, CEL_ACH, cel_abytes(q), cel_abytes(x), cel_abytes(rk), amqp_empty_table);
     return check_reply(a, "queue.bind", err, errlen);
+}
+
+/* Celery's default for a queue: a direct exchange and a key named after it. */
+static int declare_queue(cel_aconn *a, const char *q, char *err, size_t errlen)
+{
+    return declare_queue_as(a, q, q, "direct", q, err, errlen);
+}
+
+/* Queue i of the consumer, with add_consumer's declaration if it had one. */
+static int declare_consumed(amqp_transport *t, int i, char *err, size_t errlen)
+{
+    if (!t->qx[i])
+        return declare_queue(t->a, t->queues[i], err, errlen);
+    return declare_queue_as(t->a, t->queues[i], t->qx[i], t->qtype[i], t->qrk[i], err, errlen);
+}
+
+/* basic.consume of queue i; its consumer tag is kept to route deliveries. */
+static int consume_queue(amqp_transport *t, int i, char *err, size_t errlen)
+{
+    amqp_basic_consume_ok_t *ok = amqp_basic_consume(t->a->c, CEL_ACH, cel_abytes(t->queues[i]),
+                                                     amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    if (check_reply(t->a, "basic.consume", err, errlen) < 0 || !ok)
+        return -1;
+    free(t->ctags[i]);
+    t->ctags[i] = strndup(ok->consumer_tag.bytes, ok->consumer_tag.len);
+    return 0;
 }
 
 /* Celery's pidbox topology (§4.1), exactly, since a mismatch closes the
@@ -168,7 +199,7 @@ static int connect_consumer(amqp_transport *t, char *err, size_t errlen)
     if (!t->a)
         return -1;
     for (int i = 0; i < t->nqueues; i++)
-        if (declare_queue(t->a, t->queues[i], err, errlen) < 0)
+        if (declare_consumed(t, i, err, errlen) < 0)
             goto fail;
     if (!t->consume)
         return 0;
@@ -177,15 +208,9 @@ static int connect_consumer(amqp_transport *t, char *err, size_t errlen)
     amqp_basic_qos(t->a->c, CEL_ACH, 0, (uint16_t)(t->prefetch > 65535 ? 0 : t->prefetch), 1);
     if (check_reply(t->a, "basic.qos", err, errlen) < 0)
         goto fail;
-    for (int i = 0; i < t->nqueues; i++) {
-        amqp_basic_consume_ok_t *ok = amqp_basic_consume(
-            t->a->c, CEL_ACH, cel_abytes(t->queues[i]), amqp_empty_bytes, 0, 0, 0,
-            amqp_empty_table);
-        if (check_reply(t->a, "basic.consume", err, errlen) < 0 || !ok)
+    for (int i = 0; i < t->nqueues; i++)
+        if (consume_queue(t, i, err, errlen) < 0)
             goto fail;
-        free(t->ctags[i]);
-        t->ctags[i] = strndup(ok->consumer_tag.bytes, ok->consumer_tag.len);
-    }
     if (t->pidbox_q && declare_pidbox(t, err, errlen) < 0)
         goto fail;
     cel_aconn_sent(t->a);
@@ -610,6 +635,91 @@ static int at_qos(cel_transport *base, int prefetch)
     return service(t);
 }
 
+/* Grows the per-queue arrays by one (NULL) slot; -1 when out of memory. */
+static int queue_slot(amqp_transport *t)
+{
+    char ***arrs[5] = {&t->queues, &t->ctags, &t->qx, &t->qtype, &t->qrk};
+    for (int k = 0; k < 5; k++) {
+        char **a = realloc(*arrs[k], (size_t)(t->nqueues + 2) * sizeof *a);
+        if (!a)
+            return -1;
+        a[t->nqueues] = a[t->nqueues + 1] = NULL;
+        *arrs[k] = a;
+    }
+    return 0;
+}
+
+static int at_cancel_queue(cel_transport *base, const char *queue);
+
+static int at_add_queue(cel_transport *base, const char *queue, const char *exchange,
+                        const char *type, const char *routing_key, char *err, size_t errlen)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    if (queue_slot(t) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int i = t->nqueues;
+    t->queues[i] = strdup(queue);
+    t->qx[i] = strdup(exchange);
+    t->qtype[i] = strdup(type);
+    t->qrk[i] = strdup(routing_key);
+    if (!t->queues[i] || !t->qx[i] || !t->qtype[i] || !t->qrk[i]) {
+        free(t->queues[i]);
+        free(t->qx[i]);
+        free(t->qtype[i]);
+        free(t->qrk[i]);
+        t->queues[i] = t->qx[i] = t->qtype[i] = t->qrk[i] = NULL;
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    t->nqueues++;
+    if (!t->a)
+        return 0; /* down: the reconnect declares and consumes it */
+    /* A refused declaration (an exchange of another type, say) closes the
+     * channel.  The queue is forgotten first: redeclared at every
+     * reconnect, it would keep the worker from consuming anything. */
+    if (declare_consumed(t, i, err, errlen) < 0 || consume_queue(t, i, err, errlen) < 0) {
+        went_down(t, err);
+        at_cancel_queue(base, queue); /* no connection now: nothing is sent */
+        return -1;
+    }
+    cel_aconn_sent(t->a);
+    /* Deliveries that came in during the RPCs wait in the library. */
+    service(t);
+    return 0;
+}
+
+static int at_cancel_queue(cel_transport *base, const char *queue)
+{
+    amqp_transport *t = (amqp_transport *)base;
+    int i = 0;
+    while (i < t->nqueues && strcmp(t->queues[i], queue))
+        i++;
+    if (i == t->nqueues)
+        return -1;
+    if (t->a && t->ctags[i]) {
+        amqp_basic_cancel(t->a->c, CEL_ACH, cel_abytes(t->ctags[i]));
+        char err[256];
+        if (check_reply(t->a, "basic.cancel", err, sizeof err) < 0)
+            went_down(t, err);
+        else
+            cel_aconn_sent(t->a);
+    }
+    free(t->queues[i]);
+    free(t->ctags[i]);
+    free(t->qx[i]);
+    free(t->qtype[i]);
+    free(t->qrk[i]);
+    char **arrs[5] = {t->queues, t->ctags, t->qx, t->qtype, t->qrk};
+    for (int k = 0; k < 5; k++)
+        memmove(&arrs[k][i], &arrs[k][i + 1], (size_t)(t->nqueues - i) * sizeof *arrs[k]);
+    t->nqueues--;
+    if (t->a)
+        service(t);
+    return 0;
+}
+
 static int at_restore_visible(cel_transport *base)
 {
     (void)base;
@@ -849,9 +959,15 @@ static void at_close(cel_transport *base)
     for (int i = 0; i < t->nqueues; i++) {
         free(t->queues[i]);
         free(t->ctags[i]);
+        free(t->qx[i]);
+        free(t->qtype[i]);
+        free(t->qrk[i]);
     }
     free(t->queues);
     free(t->ctags);
+    free(t->qx);
+    free(t->qtype);
+    free(t->qrk);
     forget_declared(t);
     free(t->declared);
     free(t->out);
@@ -880,6 +996,8 @@ static const cel_transport_ops amqp_ops = {
     .publish = at_publish,
     .tick = at_tick,
     .qos = at_qos,
+    .add_queue = at_add_queue,
+    .cancel_queue = at_cancel_queue,
     .control_fd = at_control_fd,
     .control_read = at_control_read,
     .control_reply = at_control_reply,
@@ -908,9 +1026,12 @@ cel_transport *cel_amqp_plugin_transport_open(const cel_url *u, const cel_config
         t->nqueues++;
     t->queues = calloc((size_t)t->nqueues + 1, sizeof *t->queues);
     t->ctags = calloc((size_t)t->nqueues + 1, sizeof *t->ctags);
+    t->qx = calloc((size_t)t->nqueues + 1, sizeof *t->qx);
+    t->qtype = calloc((size_t)t->nqueues + 1, sizeof *t->qtype);
+    t->qrk = calloc((size_t)t->nqueues + 1, sizeof *t->qrk);
     for (int i = 0; t->queues && i < t->nqueues; i++)
         t->queues[i] = strdup(cfg->queues[i]);
-    if (!t->queues || !t->ctags) {
+    if (!t->queues || !t->ctags || !t->qx || !t->qtype || !t->qrk) {
         snprintf(err, errlen, "out of memory");
         at_close(&t->base);
         return NULL;

@@ -152,6 +152,8 @@ typedef struct redis_transport {
     bool waiting;
     char **queues;      /* consumed queues, rotated for fairness */
     int nqueues;
+    char **xbind;       /* add_consumer bindings: exchange, member, exchange, ... */
+    size_t nxbind;
     char **keys;        /* their list keys, priority-major (4 * nqueues) */
     cel_rscript fetch, restore, unlock;
     char **acks;        /* queued ack tags */
@@ -202,9 +204,7 @@ static char *key_queue(const char *key, size_t len)
 /* (Re)builds the cached list keys after the queue order changed. */
 static void build_keys(redis_transport *t)
 {
-    for (int i = 0; t->keys && i < 4 * t->nqueues; i++)
-        free(t->keys[i]);
-    free(t->keys);
+    cel_strv_free(t->keys); /* NULL-terminated; sized for the old count */
     t->keys = calloc((size_t)(4 * t->nqueues) + 1, sizeof *t->keys);
     if (!t->keys)
         abort(); /* start-up sized; nothing sensible to do without it */
@@ -398,6 +398,8 @@ static int rt_wait_start(cel_transport *base, double timeout_s)
             freeReplyObject(id);
     }
     int nkeys = 4 * t->nqueues;
+    if (nkeys == 0)
+        return -1; /* every queue cancelled: nothing to wait on */
     const char **argv = calloc((size_t)nkeys + 2, sizeof *argv);
     int fd = -1;
     if (!argv)
@@ -911,11 +913,107 @@ static void rt_close(cel_transport *base)
         redisFree(t->blk);
     cel_strv_free(t->queues);
     cel_strv_free(t->keys);
+    cel_strv_free(t->xbind);
     for (size_t i = 0; i < t->nacks; i++)
         free(t->acks[i]);
     free(t->acks);
     cel_url_free(&t->url);
     free(t);
+}
+
+/* kombu's TopicExchange.key_to_pattern: the regex stored in a topic
+ * binding's middle field ("*" one word, "#" any, words joined by "\."). */
+static char *topic_pattern(const char *rk)
+{
+    cel_buf b = {0};
+    cel_buf_append(&b, "^", 1);
+    for (const char *w = rk;;) {
+        const char *dot = strchr(w, '.');
+        size_t n = dot ? (size_t)(dot - w) : strlen(w);
+        if (n == 1 && *w == '*')
+            cel_buf_append(&b, ".*?[^\\.]", 8);
+        else if (n == 1 && *w == '#')
+            cel_buf_append(&b, ".*?", 3);
+        else
+            cel_buf_append(&b, w, n);
+        if (!dot)
+            break;
+        cel_buf_append(&b, "\\.", 2);
+        w = dot + 1;
+    }
+    cel_buf_append(&b, "$", 2); /* with the NUL */
+    return b.data;
+}
+
+/* One binding of an added queue: SADD _kombu.binding.<exchange> member. */
+static int sadd_binding(redis_transport *t, const char *exchange, const char *member, char *err,
+                        size_t errlen)
+{
+    redisReply *r = redisCommand(t->cmd, "SADD _kombu.binding.%s %s", exchange, member);
+    int rc = r && r->type != REDIS_REPLY_ERROR ? 0 : -1;
+    if (rc < 0)
+        snprintf(err, errlen, "cannot bind to exchange %s: %s", exchange,
+                 r ? r->str : t->cmd->errstr);
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+static int rt_add_queue(cel_transport *base, const char *queue, const char *exchange,
+                        const char *type, const char *routing_key, char *err, size_t errlen)
+{
+    redis_transport *t = (redis_transport *)base;
+    if (reconnect_cmd(t) < 0) {
+        snprintf(err, errlen, "broker unreachable");
+        return -1;
+    }
+    /* kombu's member: "<routing key>\x06\x16<pattern>\x06\x16<queue>", the
+     * pattern empty but for topic exchanges. */
+    char *pattern = !strcmp(type, "topic") ? topic_pattern(routing_key) : NULL;
+    char *member = NULL;
+    if (asprintf(&member, "%s" SEP "%s" SEP "%s", routing_key, pattern ? pattern : "",
+                 queue) < 0)
+        member = NULL;
+    free(pattern);
+    char **q = realloc(t->queues, (size_t)(t->nqueues + 2) * sizeof *q);
+    if (q)
+        t->queues = q;
+    char **x = realloc(t->xbind, (t->nxbind + 3) * sizeof *x);
+    if (x)
+        t->xbind = x;
+    if (!member || !q || !x || sadd_binding(t, exchange, member, err, errlen) < 0) {
+        if (!member || !q || !x)
+            snprintf(err, errlen, "out of memory");
+        free(member);
+        return -1;
+    }
+    t->xbind[t->nxbind++] = strdup(exchange);
+    t->xbind[t->nxbind++] = member;
+    t->xbind[t->nxbind] = NULL;
+    t->queues[t->nqueues++] = strdup(queue);
+    t->queues[t->nqueues] = NULL;
+    build_keys(t);
+    /* An armed BRPOP names the old keys: end it, the next one has them all. */
+    rt_wait_cancel(base);
+    return 0;
+}
+
+static int rt_cancel_queue(cel_transport *base, const char *queue)
+{
+    redis_transport *t = (redis_transport *)base;
+    for (int i = 0; i < t->nqueues; i++) {
+        if (strcmp(t->queues[i], queue))
+            continue;
+        free(t->queues[i]);
+        memmove(&t->queues[i], &t->queues[i + 1], (size_t)(t->nqueues - i) * sizeof *t->queues);
+        t->nqueues--;
+        build_keys(t);
+        /* An armed BRPOP still names the queue: ended now, it cannot take
+         * a message published after the reply. */
+        rt_wait_cancel(base);
+        return 0;
+    }
+    return -1;
 }
 
 static const cel_transport_ops redis_ops = {
@@ -931,6 +1029,8 @@ static const cel_transport_ops redis_ops = {
     .flush = rt_flush,
     .restore_visible = rt_restore_visible,
     .publish = rt_publish,
+    .add_queue = rt_add_queue,
+    .cancel_queue = rt_cancel_queue,
     .control_fd = rt_control_fd,
     .control_read = rt_control_read,
     .control_reply = rt_control_reply,
@@ -957,6 +1057,10 @@ static int declare_bindings(redis_transport *t, char *err, size_t errlen)
         }
         freeReplyObject(r);
     }
+    /* add_consumer's, again after a reconnect. */
+    for (size_t i = 0; i + 1 < t->nxbind; i += 2)
+        if (sadd_binding(t, t->xbind[i], t->xbind[i + 1], err, errlen) < 0)
+            return -1;
     return 0;
 }
 

@@ -64,6 +64,24 @@ typedef struct cel_transport_ops {
     /* Sets the broker-side prefetch window (AMQP basic.qos).  May be NULL
      * (Redis: the worker's own budget is the window). */
     int (*qos)(cel_transport *t, int prefetch);
+    /* Remote control add_consumer: starts consuming `queue` now, after
+     * declaring it as kombu's Queue.declare does — exchange `exchange` of
+     * `type` ("direct", "topic"), the queue, and the binding with
+     * `routing_key` (AMQP: exchange.declare, queue.declare, queue.bind,
+     * basic.consume; Redis: the `_kombu.binding.<exchange>` member and the
+     * queue's lists in the fetch/BRPOP keys).  The transport keeps the
+     * declaration and redeclares it after a reconnect.  `queue` must not be
+     * consumed already (the worker keeps that list).  0, or -1 with `err`
+     * set.  May be NULL (then the queue is not added; the reply is still
+     * Celery's, the reason logged). */
+    int (*add_queue)(cel_transport *t, const char *queue, const char *exchange,
+                     const char *type, const char *routing_key, char *err, size_t errlen);
+    /* cancel_consumer: stops consuming `queue` (AMQP basic.cancel; Redis:
+     * out of the fetch keys, an armed BRPOP naming it is ended).  Nothing
+     * is deleted or unbound, and deliveries already taken stay the caller's,
+     * as with kombu's cancel_by_queue.  0, or -1 (not consumed).  May be
+     * NULL. */
+    int (*cancel_queue)(cel_transport *t, const char *queue);
     /* Remote control (pidbox); all three may be NULL.  control_fd: where
      * broadcast requests arrive (-1: not now; called every turn, so it
      * reconnects).  control_read: the requests that arrived, as kombu

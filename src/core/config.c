@@ -884,6 +884,30 @@ static int set_concurrency(cel_config *c, const char *name, const char *value, c
     return 0;
 }
 
+/* Celery's --autoscale "MAX,MIN" (MIN optional, default 0; "" = off). */
+static int set_autoscale(cel_config *c, const char *name, const char *value, char *err,
+                         size_t errlen)
+{
+    char *t = trimmed_copy(value);
+    char *comma = strchr(t, ',');
+    if (comma)
+        *comma = '\0';
+    int max = 0, min = 0, rc = 0;
+    if (!*t && !comma) {
+        c->autoscale_max = c->autoscale_min = 0;
+    } else if (parse_int_min(t, 1, &max) < 0 ||
+               (comma && comma[1] && parse_int_min(comma + 1, 0, &min) < 0) || min > max) {
+        set_err(err, errlen, "%s: expected MAX[,MIN] with MAX >= 1 and 0 <= MIN <= MAX, got '%s'",
+                name, value);
+        rc = -1;
+    } else {
+        c->autoscale_max = max;
+        c->autoscale_min = min;
+    }
+    free(t);
+    return rc;
+}
+
 static int set_transport_options(cel_config *c, const char *name, const char *value, char *err,
                                  size_t errlen)
 {
@@ -1273,6 +1297,7 @@ static const struct {
     {"CELERIAC_METRICS_BIND", set_metrics_bind},
     {"CELERIAC_UID", set_uid},            {"CELERIAC_GID", set_gid},
     {"CELERIAC_MAX_MESSAGE_SIZE", set_max_message_size},
+    {"CELERIAC_AUTOSCALE", set_autoscale},
 };
 
 static bool has_prefix(const char *s, const char *prefix)
@@ -1425,7 +1450,8 @@ malformed:
 static bool env_only(const char *key)
 {
     static const char *const names[] = {"CELERIAC_ENV", "CELERIAC_MODULE_PATH",
-                                        "CELERIAC_AMQP_PLUGIN", "DATABASE_URL"};
+                                        "CELERIAC_AMQP_PLUGIN", "DATABASE_URL",
+                                        "AUTOSCALE_KEEPALIVE"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (strcmp(key, names[i]) == 0)
             return true;
@@ -1514,7 +1540,7 @@ enum opt_id {
     OPT_LOGLEVEL, OPT_LOGFILE, OPT_POOL, OPT_PREFETCH, OPT_EVENTS, OPT_NO_HEARTBEAT,
     OPT_NO_GOSSIP, OPT_NO_MINGLE, OPT_ACKS_LATE, OPT_ENV, OPT_ENV_FILE, OPT_HELP,
     OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT, OPT_STATEDB, OPT_METRICS_PORT, OPT_METRICS_BIND,
-    OPT_UID, OPT_GID, OPT_MAX_MESSAGE_SIZE, OPT_ACCEPT_CONTENT,
+    OPT_UID, OPT_GID, OPT_MAX_MESSAGE_SIZE, OPT_ACCEPT_CONTENT, OPT_AUTOSCALE,
 };
 
 static const struct worker_option {
@@ -1533,6 +1559,8 @@ static const struct worker_option {
     {OPT_LOGLEVEL, "loglevel", 'l', "LEVEL", "DEBUG, INFO, WARNING, ERROR, CRITICAL or FATAL"},
     {OPT_LOGFILE, "logfile", 'f', "PATH", "log to PATH instead of stderr"},
     {OPT_POOL, "pool", 'P', "POOL", "prefork (default) or solo"},
+    {OPT_AUTOSCALE, "autoscale", 0, "MAX,MIN",
+     "grow the pool up to MAX processes with the work, shrink it to MIN when idle"},
     {OPT_PREFETCH, "prefetch-multiplier", 0, "N", "messages to prefetch per process (default 4)"},
     {OPT_TIME_LIMIT, "time-limit", 0, "SECONDS", "hard time limit: the process is killed"},
     {OPT_STATEDB, "statedb", 'S', "PATH", "keep revoked task ids in PATH across restarts"},
@@ -1631,6 +1659,7 @@ static int apply_option(cel_config *c, struct cli_state *st, const struct worker
     case OPT_LOGLEVEL: return set_loglevel(c, name, value, err, errlen);
     case OPT_LOGFILE: return set_logfile(c, name, value, err, errlen);
     case OPT_POOL: return set_pool(c, name, value, err, errlen);
+    case OPT_AUTOSCALE: return set_autoscale(c, name, value, err, errlen);
     case OPT_PREFETCH: return set_prefetch_multiplier(c, name, value, err, errlen);
     case OPT_TIME_LIMIT: return set_task_time_limit(c, name, value, err, errlen);
     case OPT_SOFT_TIME_LIMIT: return set_task_soft_time_limit(c, name, value, err, errlen);

@@ -71,6 +71,8 @@ typedef struct cel_config {
     char *result_backend;   /* --result-backend / CELERY_RESULT_BACKEND; NULL = none */
     char **queues;          /* -Q a,b (NULL-terminated); default {"celery"} */
     int concurrency;        /* -c; default = online CPUs */
+    int autoscale_max, autoscale_min; /* --autoscale MAX[,MIN] / CELERIAC_AUTOSCALE;
+                                         max 0 = off (prefork only) */
     char *hostname;         /* -n, after %h/%n/%d expansion; default celeriac@<host> */
     int loglevel;           /* -l; cel_log_level; default WARNING as celery */
     char *logfile;          /* -f/--logfile; NULL = stderr */

@@ -9,6 +9,13 @@
  * Why PR_SET_PDEATHSIG: after a kill -9 of the parent, orphaned children must
  * not finish tasks whose messages the broker will redeliver to another
  * worker.
+ *
+ * Why shrinking goes through the job queue: pool_shrink must never stop a
+ * process in the middle of a task (billiard retires only idle processes).
+ * A "retire" datagram (job id 0, nothing else) is queued behind the jobs
+ * already there; whichever process reads it is by definition between two
+ * tasks, and exits.  No per-process signal, no race with a process that
+ * is just taking a job, and no extra system call on the hot path.
  */
 #include "worker/pool.h"
 #include "core/log.h"
@@ -35,6 +42,8 @@
  * memfd.  Well under the default socket buffer, so a send never fails for
  * size. */
 #define INLINE_MAX (32u * 1024)
+/* The retire datagram's job id: real jobs count from 1 (worker.c). */
+#define RETIRE_JOB 0
 
 /* Report frames, child -> parent: a 4-byte length (host order), then this
  * header, then `len - sizeof(frame_hdr)` bytes of record text. */
@@ -69,7 +78,10 @@ struct cel_pool {
     const cel_exec_env *env;
     cel_pool_events ev;
     void *ud;
-    int n;          /* processes; 0 = solo */
+    bool solo;
+    int n;          /* slots in kids: live processes, retiring ones included */
+    int retiring;   /* of those, told to exit (pool_shrink) and not reaped yet */
+    int next_index; /* the next ForkPoolWorker-N number (pool_grow) */
     child *kids;
     int jobq[2];    /* [0] parent writes, [1] children read */
     int queued;     /* jobs in the queue not yet taken (staged ones too) */
@@ -245,6 +257,11 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
     while (job) {
         child_ctx ctx = {.fd = fd};
         memcpy(&ctx.job, job, 8);
+        if (ctx.job == RETIRE_JOB) {
+            /* pool_shrink: idle now, so nothing is lost by leaving. */
+            free(job);
+            _exit(0);
+        }
         /* Report the start first: the parent acks early-ack tasks now.  In a
          * busy stretch this went out with the previous job's report. */
         frame_hdr h = {.kind = FRAME_STARTED, .job = ctx.job};
@@ -274,8 +291,11 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
          * in the same write as this report (one syscall and one parent
          * wake-up fewer per task). */
         char *next = recv_job(qfd, &len, false);
+        uint64_t next_id = RETIRE_JOB;
+        if (next)
+            memcpy(&next_id, next, 8);
         int rc;
-        if (next) {
+        if (next && next_id != RETIRE_JOB) {
             frame_hdr h2 = {.kind = FRAME_STARTED};
             memcpy(&h2.job, next, 8);
             rc = send_reports(fd, &h, o.meta, o.meta_len, &h2);
@@ -327,7 +347,7 @@ static int spawn(cel_pool *p, child *k)
     return 0;
 }
 
-cel_pool *cel_pool_start(int processes, const cel_exec_env *env,
+cel_pool *cel_pool_start(bool solo, int processes, const cel_exec_env *env,
                          const cel_pool_events *ev, void *ud, char *err, size_t errlen)
 {
     cel_pool *p = calloc(1, sizeof *p);
@@ -336,10 +356,12 @@ cel_pool *cel_pool_start(int processes, const cel_exec_env *env,
     p->env = env;
     p->ev = *ev;
     p->ud = ud;
-    p->n = processes;
+    p->solo = solo;
+    p->n = solo ? 0 : processes;
+    p->next_index = p->n + 1;
     p->jobq[0] = p->jobq[1] = -1;
-    if (processes > 0) {
-        p->kids = calloc((size_t)processes, sizeof *p->kids);
+    if (!solo) {
+        p->kids = calloc((size_t)processes + 1, sizeof *p->kids);
         if (!p->kids ||
             socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p->jobq) < 0) {
             snprintf(err, errlen, "cannot create the pool's job queue: %s", strerror(errno));
@@ -370,19 +392,21 @@ static int running_count(const cel_pool *p)
     return r;
 }
 
+int cel_pool_processes(const cel_pool *p) { return p->solo ? 0 : p->n - p->retiring; }
+
 int cel_pool_idle(const cel_pool *p)
 {
-    if (p->n == 0)
+    if (p->solo)
         return 1;
     /* Four jobs per process (Celery's default prefetch multiplier): while
      * the parent waits on a Redis round trip the children still find work
      * in the queue.  Only idle children read it, so no job waits behind a
      * long task. */
-    int room = 4 * p->n - running_count(p) - p->queued;
+    int room = 4 * cel_pool_processes(p) - running_count(p) - p->queued;
     return room > 0 ? room : 0;
 }
 
-int cel_pool_busy(const cel_pool *p) { return p->n ? running_count(p) + p->queued : 0; }
+int cel_pool_busy(const cel_pool *p) { return p->solo ? 0 : running_count(p) + p->queued; }
 
 static void solo_state_cb(void *ud, int kind, const char *meta, size_t len)
 {
@@ -429,7 +453,7 @@ static int send_memfd(int qfd, uint64_t job, const char *raw, size_t len)
 int cel_pool_submit(cel_pool *p, uint64_t job, const char *raw, size_t len,
                     const cel_message *m)
 {
-    if (p->n == 0) {
+    if (p->solo) {
         p->solo_job = job;
         if (p->ev.on_started)
             p->ev.on_started(p->ud, job, getpid());
@@ -533,7 +557,7 @@ int cel_pool_kill_job(cel_pool *p, uint64_t job)
 int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)
 {
     int n = 0;
-    if (p->n == 0 || p->jobq[1] < 0)
+    if (p->solo || p->jobq[1] < 0)
         return 0;
     /* The parent holds the queue's read end too: a job it receives is one no
      * child will run.  Children racing for the same datagrams are fine —
@@ -551,6 +575,7 @@ int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)
             break;
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         uint64_t job = 0;
+        bool retire = false;
         if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
             int mfd;
             memcpy(&mfd, CMSG_DATA(cm), sizeof mfd);
@@ -559,6 +584,13 @@ int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)
             close(mfd);
         } else if (r >= 8) {
             memcpy(&job, buf, 8); /* MSG_TRUNC: the rest of the datagram is dropped */
+            retire = r == 8 && job == RETIRE_JOB; /* a job carries its envelope */
+        }
+        if (retire) {
+            /* A retire datagram taken back: that process stays. */
+            if (p->retiring > 0)
+                p->retiring--;
+            continue;
         }
         if (p->queued > 0)
             p->queued--;
@@ -692,6 +724,14 @@ void cel_pool_reap(cel_pool *p)
             cel_buf_free(&k->in);
             bool was_running = k->running;
             k->running = false;
+            if (!was_running && p->retiring > 0 && WIFEXITED(status) &&
+                WEXITSTATUS(status) == 0) {
+                /* It read a retire datagram (pool_shrink): its slot goes. */
+                p->retiring--;
+                memmove(&p->kids[i], &p->kids[i + 1], (size_t)(p->n - i - 1) * sizeof *p->kids);
+                p->n--;
+                break;
+            }
             if (was_running)
                 p->ev.on_lost(p->ud, k->job, status);
             else if (!p->stopping)
@@ -701,6 +741,50 @@ void cel_pool_reap(cel_pool *p)
             break;
         }
     }
+}
+
+int cel_pool_grow(cel_pool *p, int n)
+{
+    if (p->solo || n < 0)
+        return -1;
+    child *kids = realloc(p->kids, (size_t)(p->n + n) * sizeof *kids);
+    if (!kids && p->n + n > 0)
+        return -1;
+    p->kids = kids;
+    int added = 0;
+    for (; added < n; added++) {
+        child *k = &p->kids[p->n];
+        *k = (child){.fd = -1, .index = p->next_index};
+        if (spawn(p, k) < 0) {
+            cel_error("cannot start pool process: %s", strerror(errno));
+            break;
+        }
+        p->next_index++;
+        p->n++;
+    }
+    return added;
+}
+
+int cel_pool_shrink(cel_pool *p, int n)
+{
+    if (p->solo)
+        return -1;
+    /* billiard retires only processes running no job, and so many of
+     * them at most.  The retire datagram queues behind the jobs already
+     * waiting: whichever process reads it has finished its task. */
+    int idle = cel_pool_processes(p) - running_count(p);
+    int done = 0;
+    char none[8] = {0};
+    for (; done < n && done < idle; done++) {
+        ssize_t r;
+        do
+            r = send(p->jobq[0], none, sizeof none, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (r < 0 && errno == EINTR);
+        if (r != (ssize_t)sizeof none)
+            break;
+        p->retiring++;
+    }
+    return done;
 }
 
 int cel_pool_pids(const cel_pool *p, pid_t *out, int max)

@@ -17,6 +17,10 @@
  * learns of deaths through SIGCHLD + waitpid.  A child that dies while
  * running a job is reported through on_lost and replaced.
  *
+ * The number of processes can change at run time (remote control
+ * pool_grow / pool_shrink); a shrink lets the retired processes finish
+ * their task first.
+ *
  * Solo: cel_pool_submit runs the task in the calling process and reports the
  * outcome before returning.
  */
@@ -54,9 +58,10 @@ typedef struct cel_pool_events {
     void (*on_unsent)(void *ud, uint64_t job);
 } cel_pool_events;
 
-/* Starts the pool.  `processes` = 0 means solo.  Returns NULL with `err` set
- * on failure.  `env` (and what it points to) must outlive the pool. */
-cel_pool *cel_pool_start(int processes, const cel_exec_env *env,
+/* Starts the pool: `solo`, or prefork with `processes` (0 is allowed: an
+ * autoscaled pool grows from none).  Returns NULL with `err` set on
+ * failure.  `env` (and what it points to) must outlive the pool. */
+cel_pool *cel_pool_start(bool solo, int processes, const cel_exec_env *env,
                          const cel_pool_events *ev, void *ud, char *err, size_t errlen);
 
 /* How many more jobs the pool takes now (idle processes plus the queue
@@ -96,6 +101,20 @@ int cel_pool_pollfds(cel_pool *p, struct pollfd *fds, int max);
 void cel_pool_handle(cel_pool *p, const struct pollfd *fds, int n);
 /* Reaps exited children (call after SIGCHLD); replaces them unless stopping. */
 void cel_pool_reap(cel_pool *p);
+
+/* Processes the pool runs tasks with (0 for solo): those retiring after a
+ * shrink no longer count. */
+int cel_pool_processes(const cel_pool *p);
+
+/* pool_grow: forks `n` more processes.  Returns how many were started, or
+ * -1 for the solo pool (which cannot grow, as in Celery). */
+int cel_pool_grow(cel_pool *p, int n);
+/* pool_shrink: retires up to `n` idle processes — never one running a
+ * task: each exits when it reads the retire datagram queued behind the
+ * jobs already waiting, and cel_pool_reap drops its slot.  Returns how many
+ * were told to go (fewer than `n` when fewer are idle, as billiard), or -1
+ * for the solo pool. */
+int cel_pool_shrink(cel_pool *p, int n);
 
 /* The child pids (for stats); returns how many were written. */
 int cel_pool_pids(const cel_pool *p, pid_t *out, int max);

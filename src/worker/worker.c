@@ -16,6 +16,19 @@
  * outcome is stored and its ack sent, or restored to the broker at shutdown.
  * The prefetch budget (concurrency × multiplier) counts every request held,
  * reserved or running.
+ *
+ * Remote control can change both ends at run time, as Celery's consumer:
+ * pool_grow / pool_shrink resize the pool and move the prefetch window by
+ * multiplier × n (Consumer._update_prefetch_count); add_consumer /
+ * cancel_consumer change the consumed queues through the transport, and
+ * `queues` below is what inspect active_queues reports.
+ *
+ * --autoscale MAX,MIN is Celery's Autoscaler without its thread: the pool
+ * starts with MIN processes and the window is MAX × multiplier; on every
+ * task received and every AUTOSCALE_KEEPALIVE seconds (30) the pool grows
+ * to the requests held (not ETA-waiting), up to MAX, and — once
+ * keepalive seconds have passed since the last growth — shrinks back
+ * towards them, down to MIN (idle processes only, as pool_shrink).
  */
 #include "worker/worker.h"
 #include "backend/backend.h"
@@ -77,6 +90,15 @@ typedef struct bucket {
     double tokens, last; /* last: monotonic time of the last refill */
 } bucket;
 
+/* A queue as add_consumer declared it (Celery's app.amqp.queues entry):
+ * the -Q queues get Celery's defaults (exchange and key = the name, direct).
+ * A cancelled queue keeps its entry, inactive, so a later add_consumer
+ * reuses the declaration, as Celery finds it in app.amqp.queues. */
+typedef struct wqueue {
+    char *name, *exchange, *type, *routing_key; /* owned */
+    bool active;
+} wqueue;
+
 typedef struct worker {
     cel_config *cfg;
     cel_control *ctl;     /* remote control: revoked ids, the Lamport clock */
@@ -94,6 +116,8 @@ typedef struct worker {
     double started_at;    /* monotonic, for uptime */
     bucket *buckets;
     size_t nbuckets, capbuckets;
+    wqueue *queues;       /* active ones in consuming order (active_queues) */
+    size_t nqueues, capqueues;
     cel_registry *reg;
     cel_transport *tr;
     cel_backend *be;
@@ -103,7 +127,15 @@ typedef struct worker {
     size_t nreqs, capreqs;
     uint64_t next_job;
     int prefetch;
-    int conc;             /* pool processes (1 for solo) */
+    int conc;             /* pool processes (1 for solo), after pool_grow/shrink */
+    int conc0;            /* as started: stats' max-concurrency (Celery's pool.limit) */
+    struct autoscaler {
+        bool on;
+        int max, min;
+        double keepalive;     /* seconds (AUTOSCALE_KEEPALIVE) */
+        double last_up;       /* monotonic time of the last growth; 0 = never */
+        double next_check;    /* monotonic */
+    } as;
     int sigpipe[2];
     enum { RUNNING, WARM, COLD } stop;
     int sigint_count;
@@ -561,6 +593,8 @@ static void pool_on_lost(void *ud, uint64_t job, int status)
 /* ---- receiving -------------------------------------------------------- */
 
 static void receive(worker *w, cel_delivery *d);
+static void autoscale(worker *w);
+static int autoscale_qty(worker *w);
 
 /* A message over --max-message-size: never decoded.  Celery has no such
  * limit; what a producer waiting on the result should see is a FAILURE
@@ -715,8 +749,11 @@ static void receive(worker *w, cel_delivery *d)
                          m->parent_id ? json_string(m->parent_id) : json_null(), "retries",
                          m->retries, "eta", iso_or_null(m->has_eta, m->eta), "expires",
                          iso_or_null(m->has_expires, m->expires)));
-    if (add_req(w, r) == 0)
+    if (add_req(w, r) == 0) {
+        if (!m->has_eta || m->eta <= cel_now())
+            autoscale(w); /* Celery: on_task_message, after task_reserved */
         return;
+    }
     cel_error("out of memory holding task %s[%s]; it will be redelivered", m->task, m->id);
     goto drop;
 drop_reject:
@@ -945,14 +982,14 @@ static json_t *requests_in(worker *w, int which) /* 0 active, 1 reserved, 2 sche
     return a;
 }
 
-static json_t *queue_info(const char *q)
+static json_t *queue_info(const wqueue *q)
 {
     return json_pack("{s:s, s:{s:s, s:s, s:n, s:b, s:b, s:b, s:n, s:b}, s:s, s:n, s:n, s:n, "
                      "s:b, s:b, s:b, s:b, s:n, s:[], s:n, s:n, s:n, s:n, s:n, s:n}",
-                     "name", q, "exchange", "name", q, "type", "direct", "arguments", "durable",
-                     1, "passive", 0, "auto_delete", 0, "delivery_mode", "no_declare", 0,
-                     "routing_key", q, "queue_arguments", "binding_arguments",
-                     "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
+                     "name", q->name, "exchange", "name", q->exchange, "type", q->type,
+                     "arguments", "durable", 1, "passive", 0, "auto_delete", 0, "delivery_mode",
+                     "no_declare", 0, "routing_key", q->routing_key, "queue_arguments",
+                     "binding_arguments", "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
                      "no_ack", 0, "alias", "bindings", "no_declare", "expires", "message_ttl",
                      "max_length", "max_length_bytes", "max_priority");
 }
@@ -973,7 +1010,7 @@ static json_t *worker_stats(worker *w)
     snprintf(clock, sizeof clock, "%lld", cel_control_clock(w->ctl));
     const cel_url *u = &w->broker_url;
     bool amqp = u->scheme == CEL_URL_AMQP || u->scheme == CEL_URL_AMQPS;
-    return json_pack(
+    json_t *stats = json_pack(
         "{s:{s:[], s:i, s:s, s:f, s:s, s:b, s:o, s:i, s:b, s:s, s:{}, s:n, s:o, s:s}, s:s, "
         "s:i, s:{s:i, s:s, s:o, s:b, s:[f, f], s:{}}, s:i, s:{s:i, s:i, s:i, s:i, s:i, s:i, "
         "s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f}, s:o, s:i}",
@@ -984,7 +1021,7 @@ static json_t *worker_stats(worker *w)
         "uri_prefix", "userid", amqp ? json_string(u->user ? u->user : "guest") : json_null(),
         "virtual_host", u->path ? u->path : "",
         "clock", clock, "pid", (int)getpid(),
-        "pool", "max-concurrency", w->conc, "max-tasks-per-child", "N/A", "processes", procs,
+        "pool", "max-concurrency", w->conc0, "max-tasks-per-child", "N/A", "processes", procs,
         "put-guarded-by-semaphore", 0, "timeouts", w->cfg->task_soft_time_limit,
         w->cfg->task_time_limit, "writes",
         "prefetch_count", w->prefetch,
@@ -996,6 +1033,250 @@ static json_t *worker_stats(worker *w)
         "stime", ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, "utime",
         ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
         "total", total, "uptime", (int)(cel_monotonic() - w->started_at));
+    if (stats && w->as.on) /* Celery's Autoscaler step info */
+        json_object_set_new(stats, "autoscaler",
+                            json_pack("{s:i, s:i, s:i, s:i}", "max", w->as.max, "min", w->as.min,
+                                      "current", cel_pool_processes(w->pool), "qty",
+                                      autoscale_qty(w)));
+    return stats;
+}
+
+/* ---- autoscale, pool_grow / pool_shrink, add_consumer / cancel_consumer */
+
+/* Celery's Autoscaler.qty: requests received and not finished, ETA-held
+ * ones not counted (Celery reserves them only when due). */
+static int autoscale_qty(worker *w)
+{
+    double now = cel_now();
+    int n = 0;
+    for (size_t i = 0; i < w->nreqs; i++) {
+        const request *r = w->reqs[i];
+        n += !(r->state == REQ_RESERVED && r->msg.has_eta && r->msg.eta > now);
+    }
+    return n;
+}
+
+static void autoscale_grow(worker *w, int n)
+{
+    cel_info("Scaling up %d processes.", n);
+    cel_pool_grow(w->pool, n);
+    w->conc = cel_pool_processes(w->pool);
+}
+
+/* Busy processes are left alone, silently, as Celery's _shrink does. */
+static void autoscale_shrink(worker *w, int n)
+{
+    cel_info("Scaling down %d processes.", n);
+    if (cel_pool_shrink(w->pool, n) < n)
+        cel_debug("Autoscaler won't scale down: all processes busy.");
+    w->conc = cel_pool_processes(w->pool);
+}
+
+/* Autoscaler._maybe_scale. */
+static void autoscale(worker *w)
+{
+    if (!w->as.on || w->stop != RUNNING)
+        return;
+    int procs = cel_pool_processes(w->pool), qty = autoscale_qty(w);
+    int cur = qty < w->as.max ? qty : w->as.max;
+    if (cur > procs) {
+        w->as.last_up = cel_monotonic();
+        autoscale_grow(w, cur - procs);
+        return;
+    }
+    cur = qty > w->as.min ? qty : w->as.min;
+    if (cur < procs && w->as.last_up > 0 && cel_monotonic() - w->as.last_up > w->as.keepalive)
+        autoscale_shrink(w, procs - cur);
+}
+
+static json_t *reply_ok(const char *text) { return json_pack("{s:s}", "ok", text); }
+
+static json_t *reply_error(const char *text) { return json_pack("{s:s}", "error", text); }
+
+/* A command argument Celery converts with int(): a number or its text. */
+static int int_arg(const json_t *args, const char *key, int dflt)
+{
+    const json_t *v = json_object_get(args, key);
+    if (json_is_integer(v))
+        return (int)json_integer_value(v);
+    if (json_is_string(v))
+        return atoi(json_string_value(v));
+    return dflt;
+}
+
+/* Celery's Consumer._update_prefetch_count: the window moves by
+ * multiplier × the change (never below 1), unless prefetch is unlimited or
+ * the pool is down to no process; the broker hears of it at once. */
+static void follow_concurrency(worker *w, int change)
+{
+    w->conc = cel_pool_processes(w->pool);
+    if (w->cfg->prefetch_multiplier <= 0 || w->conc == 0)
+        return;
+    w->prefetch += change * w->cfg->prefetch_multiplier;
+    if (w->prefetch < 1)
+        w->prefetch = 1;
+    if (w->tr->ops->qos && w->tr->ops->qos(w->tr, w->prefetch + w->eta_held) == 0)
+        w->qos_eta = w->eta_held;
+}
+
+/* Replies as Celery 5.2.6's pool_grow / pool_shrink: the solo pool has
+ * neither method (AttributeError); a shrink finding fewer idle processes
+ * than asked retires those and fails without moving the prefetch window
+ * (billiard's ValueError comes before _update_prefetch_count). */
+static json_t *pool_resize(worker *w, const char *method, const json_t *args)
+{
+    bool grow = !strcmp(method, "pool_grow");
+    int n = int_arg(args, "n", 1);
+    if (w->as.on)
+        return reply_error(grow ? "pool_grow is not supported with autoscale. Adjust autoscale "
+                                  "range instead."
+                                : "pool_shrink is not supported with autoscale. Adjust autoscale "
+                                  "range instead.");
+    if (w->cfg->pool == CEL_POOL_SOLO)
+        return reply_error(grow ? "AttributeError(\"'TaskPool' object has no attribute 'grow'\")"
+                                : "AttributeError(\"'TaskPool' object has no attribute "
+                                  "'shrink'\")");
+    if (grow) {
+        int got = n > 0 ? cel_pool_grow(w->pool, n) : 0;
+        cel_info("remote control: pool grown by %d process(es) to %d", got,
+                 cel_pool_processes(w->pool));
+        follow_concurrency(w, n);
+        return reply_ok("pool will grow");
+    }
+    int want = n > 0 ? n : 1; /* billiard's loop retires one even for n = 0 */
+    int got = cel_pool_shrink(w->pool, want);
+    cel_info("remote control: pool shrinking by %d process(es) to %d", got,
+             cel_pool_processes(w->pool));
+    if (got < want) {
+        w->conc = cel_pool_processes(w->pool);
+        return reply_error("ValueError(\"Can't shrink pool. All processes busy!\")");
+    }
+    follow_concurrency(w, -n);
+    return reply_ok("pool will shrink");
+}
+
+/* The `autoscale` command: Autoscaler.update.  A lower max retires idle
+ * processes above it and moves the window by the change (Celery's
+ * _update_consumer_prefetch_count); a higher min forks up to it. */
+static json_t *autoscale_update(worker *w, const json_t *args)
+{
+    if (!w->as.on)
+        return reply_error("ValueError('Autoscale not enabled')");
+    const json_t *jmax = json_object_get(args, "max"), *jmin = json_object_get(args, "min");
+    if (jmax && !json_is_null(jmax)) {
+        int max = int_arg(args, "max", w->as.max);
+        int procs = cel_pool_processes(w->pool);
+        if (max < procs)
+            autoscale_shrink(w, procs - max);
+        if (max != w->as.max)
+            follow_concurrency(w, max - w->as.max);
+        w->as.max = max;
+    }
+    if (jmin && !json_is_null(jmin)) {
+        int min = int_arg(args, "min", w->as.min);
+        int procs = cel_pool_processes(w->pool);
+        if (min > procs)
+            autoscale_grow(w, min - procs);
+        w->as.min = min;
+    }
+    char text[96];
+    snprintf(text, sizeof text, "autoscale now max=%d min=%d", w->as.max, w->as.min);
+    return reply_ok(text);
+}
+
+static wqueue *find_queue(worker *w, const char *name)
+{
+    for (size_t i = 0; i < w->nqueues; i++)
+        if (!strcmp(w->queues[i].name, name))
+            return &w->queues[i];
+    return NULL;
+}
+
+/* Appends an (active) entry; NULL when out of memory. */
+static wqueue *new_queue(worker *w, const char *name, const char *exchange, const char *type,
+                         const char *routing_key)
+{
+    if (cel_grow(&w->queues, &w->capqueues, w->nqueues, sizeof *w->queues, 4) < 0)
+        return NULL;
+    wqueue q = {strdup(name), strdup(exchange), strdup(type), strdup(routing_key), true};
+    if (!q.name || !q.exchange || !q.type || !q.routing_key) {
+        free(q.name);
+        free(q.exchange);
+        free(q.type);
+        free(q.routing_key);
+        return NULL;
+    }
+    w->queues[w->nqueues] = q;
+    return &w->queues[w->nqueues++];
+}
+
+/* A string argument, NULL when absent, null or empty. */
+static const char *str_arg(const json_t *args, const char *key)
+{
+    const char *s = json_string_value(json_object_get(args, key));
+    return s && *s ? s : NULL;
+}
+
+/* Celery's add_task_queue, done before the reply instead of call_soon
+ * after it: the reply is the same whatever happens (errors are logged),
+ * including for a queue already consumed. */
+static json_t *add_consumer(worker *w, const json_t *args)
+{
+    const char *name = str_arg(args, "queue");
+    if (!name)
+        return reply_error(
+            "TypeError(\"add_consumer() missing 1 required positional argument: 'queue'\")");
+    char text[300];
+    snprintf(text, sizeof text, "add consumer %s", name);
+    wqueue *q = find_queue(w, name);
+    if (q && q->active)
+        return reply_ok(text);
+    if (!w->tr->ops->add_queue) {
+        cel_error("Cannot consume from %s: this transport cannot add queues", name);
+        return reply_ok(text);
+    }
+    if (q) {
+        /* Known from before (cancelled): its declaration, last in the list. */
+        wqueue keep = *q;
+        memmove(q, q + 1, (size_t)(&w->queues[w->nqueues] - (q + 1)) * sizeof *q);
+        w->queues[w->nqueues - 1] = keep;
+        q = &w->queues[w->nqueues - 1];
+    } else {
+        const char *ex = str_arg(args, "exchange"), *type = str_arg(args, "exchange_type"),
+                   *rk = str_arg(args, "routing_key");
+        q = new_queue(w, name, ex ? ex : name, type ? type : "direct", rk ? rk : name);
+        if (!q) {
+            cel_error("Cannot consume from %s: out of memory", name);
+            return reply_ok(text);
+        }
+        q->active = false;
+    }
+    char err[256];
+    if (w->tr->ops->add_queue(w->tr, q->name, q->exchange, q->type, q->routing_key, err,
+                              sizeof err) < 0) {
+        cel_error("Cannot consume from %s: %s", name, err);
+        return reply_ok(text);
+    }
+    q->active = true;
+    cel_info("Started consuming from %s", name);
+    return reply_ok(text);
+}
+
+static json_t *cancel_consumer(worker *w, const json_t *args)
+{
+    const char *name = str_arg(args, "queue");
+    if (!name)
+        return reply_error(
+            "TypeError(\"cancel_consumer() missing 1 required positional argument: 'queue'\")");
+    cel_info("Canceling queue %s", name);
+    wqueue *q = find_queue(w, name);
+    if (q && q->active && w->tr->ops->cancel_queue) {
+        w->tr->ops->cancel_queue(w->tr, name);
+        q->active = false;
+    }
+    char text[300];
+    snprintf(text, sizeof text, "no longer consuming from %s", name);
+    return reply_ok(text);
 }
 
 static json_t *registered(worker *w)
@@ -1031,8 +1312,9 @@ static json_t *control_command(void *ud, const char *method, const json_t *args,
         return registered(w);
     if (!strcmp(method, "active_queues")) {
         json_t *a = json_array();
-        for (size_t i = 0; w->cfg->queues[i]; i++)
-            json_array_append_new(a, queue_info(w->cfg->queues[i]));
+        for (size_t i = 0; i < w->nqueues; i++)
+            if (w->queues[i].active)
+                json_array_append_new(a, queue_info(&w->queues[i]));
         return a;
     }
     if (!strcmp(method, "query_task")) {
@@ -1057,7 +1339,7 @@ static json_t *control_command(void *ud, const char *method, const json_t *args,
         json_object_set_new(c, "broker_url", json_string(b));
         if (w->cfg->result_backend)
             json_object_set_new(c, "result_backend", json_string("********"));
-        json_object_set_new(c, "worker_concurrency", json_integer(w->conc));
+        json_object_set_new(c, "worker_concurrency", json_integer(w->conc0));
         json_object_set_new(c, "worker_prefetch_multiplier",
                             json_integer(w->cfg->prefetch_multiplier));
         if (w->cfg->task_acks_late)
@@ -1119,8 +1401,14 @@ static json_t *control_command(void *ud, const char *method, const json_t *args,
                  d->opts.soft_time_limit, d->opts.time_limit);
         return json_pack("{s:s}", "ok", "time limits set successfully");
     }
+    if (!strcmp(method, "pool_grow") || !strcmp(method, "pool_shrink"))
+        return pool_resize(w, method, args);
+    if (!strcmp(method, "add_consumer"))
+        return add_consumer(w, args);
+    if (!strcmp(method, "cancel_consumer"))
+        return cancel_consumer(w, args);
     if (!strcmp(method, "autoscale"))
-        return json_pack("{s:s}", "error", "ValueError('Autoscale not enabled')");
+        return autoscale_update(w, args);
     if (!strcmp(method, "pool_restart"))
         return json_pack("{s:s}", "error", "ValueError('Pool restarts not enabled')");
     return NULL;
@@ -1385,6 +1673,12 @@ int cel_worker_main(cel_config *cfg)
         rc = w->stop != RUNNING ? 0 : CEL_EX_USAGE;
         goto out;
     }
+    for (size_t i = 0; cfg->queues[i]; i++)
+        if (!find_queue(w, cfg->queues[i]) &&
+            !new_queue(w, cfg->queues[i], cfg->queues[i], "direct", cfg->queues[i])) {
+            cel_crit("out of memory");
+            goto out;
+        }
     if (cfg->result_backend && *cfg->result_backend) {
         w->be = cel_backend_open(cfg->result_backend, cfg, err, sizeof err);
         if (!w->be) {
@@ -1432,15 +1726,33 @@ int cel_worker_main(cel_config *cfg)
             memset(&w->broker_url, 0, sizeof w->broker_url);
     }
     w->task_events = cfg->task_events;
-    w->pool = cel_pool_start(procs, &w->env, &ev, w, err, sizeof err);
+    /* --autoscale: MIN processes to start with, a window for MAX (Celery's
+     * Pool and Consumer steps). */
+    w->as.on = procs && cfg->autoscale_max > 0;
+    int window_procs = procs;
+    if (w->as.on) {
+        w->as.max = cfg->autoscale_max;
+        w->as.min = cfg->autoscale_min;
+        const char *ka = getenv("AUTOSCALE_KEEPALIVE");
+        w->as.keepalive = ka && atof(ka) > 0 ? atof(ka) : 30.0;
+        w->as.next_check = cel_monotonic() + w->as.keepalive;
+        procs = w->as.min;
+        window_procs = w->as.max;
+    }
+    w->pool = cel_pool_start(cfg->pool == CEL_POOL_SOLO, procs, &w->env, &ev, w, err,
+                             sizeof err);
     if (!w->pool) {
         cel_crit("%s", err);
         goto out;
     }
-    int conc = procs ? procs : 1;
-    w->conc = conc;
-    w->prefetch = cfg->prefetch_multiplier > 0 ? conc * cfg->prefetch_multiplier
+    int conc = cfg->pool == CEL_POOL_SOLO ? 1 : procs;
+    w->conc = w->conc0 = conc;
+    if (window_procs < 1)
+        window_procs = 1;
+    w->prefetch = cfg->prefetch_multiplier > 0 ? window_procs * cfg->prefetch_multiplier
                                                : UNLIMITED_PREFETCH;
+    if (w->as.on && w->tr->ops->qos && w->prefetch < UNLIMITED_PREFETCH)
+        w->tr->ops->qos(w->tr, w->prefetch);
 
     /* kombu restores stale unacked messages before the first fetch. */
     w->tr->ops->restore_visible(w->tr);
@@ -1454,7 +1766,9 @@ int cel_worker_main(cel_config *cfg)
             strncat(qs, cfg->queues[i], sizeof qs - strlen(qs) - 1);
         }
         cel_info("Connected to broker; consuming from %s with %d %s process(es), prefetch %d",
-                 qs, conc, procs ? "prefork" : "solo", w->prefetch);
+                 qs, conc, cfg->pool == CEL_POOL_SOLO ? "solo" : "prefork", w->prefetch);
+        if (w->as.on)
+            cel_info("Autoscaling between %d and %d processes", w->as.min, w->as.max);
         cel_info("%s ready.", cfg->hostname);
         /* --without-heartbeat: Celery's Heart bootstep is off, and with it
          * worker-online, -heartbeat and -offline (task events still go). */
@@ -1592,6 +1906,8 @@ int cel_worker_main(cel_config *cfg)
             timeout = next_eta;
         if (w->next_restore - now < timeout)
             timeout = w->next_restore - now;
+        if (w->as.on && w->as.next_check - now < timeout)
+            timeout = w->as.next_check - now;
         if (timeout < 0)
             timeout = 0;
         int pr = poll(fds, (nfds_t)nf, (int)(timeout * 1000 + 0.999));
@@ -1626,6 +1942,10 @@ int cel_worker_main(cel_config *cfg)
          * Every turn: AMQP's requests arrive with the task frames. */
         if (w->tr->ops->control_read && w->stop == RUNNING)
             control_poll(w, pr > 0 && ctlfd >= 0 && fds[ctlfd].revents);
+        if (w->as.on && cel_monotonic() >= w->as.next_check) {
+            autoscale(w); /* Celery: hub.call_repeatedly(keepalive, maybe_scale) */
+            w->as.next_check = cel_monotonic() + w->as.keepalive;
+        }
         if (cel_monotonic() >= w->next_restore) {
             if (w->stop == RUNNING)
                 w->tr->ops->restore_visible(w->tr);
@@ -1672,6 +1992,13 @@ out:
         drop_req(w, w->reqs[0]);
     free(w->reqs);
     free(w->buckets);
+    for (size_t i = 0; i < w->nqueues; i++) {
+        free(w->queues[i].name);
+        free(w->queues[i].exchange);
+        free(w->queues[i].type);
+        free(w->queues[i].routing_key);
+    }
+    free(w->queues);
     free(w->totals);
     cel_metrics_close(w->metrics);
     cel_url_free(&w->broker_url);

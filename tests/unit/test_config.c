@@ -1081,6 +1081,16 @@ static void test_cli_all_options(void **state)
     assert_string_equal(c.apps[1], "y");
     assert_null(c.apps[2]);
     cel_config_free(&c);
+
+    /* --autoscale MAX[,MIN], as Celery's (MIN defaults to 0). */
+    assert_int_equal(RUN(&c, err, "--autoscale", "10,3"), 0);
+    assert_int_equal(c.autoscale_max, 10);
+    assert_int_equal(c.autoscale_min, 3);
+    cel_config_free(&c);
+    assert_int_equal(RUN(&c, err, "--autoscale=5"), 0);
+    assert_int_equal(c.autoscale_max, 5);
+    assert_int_equal(c.autoscale_min, 0);
+    cel_config_free(&c);
 }
 
 static void test_cli_errors(void **state)
@@ -1093,7 +1103,10 @@ static void test_cli_errors(void **state)
         {{"--foo=bar"}, "unknown option: --foo"},
         {{"-x"}, "unknown option: -x"},
         {{"-Ex"}, "unknown option: -x"},
-        {{"--autoscale", "4,2"}, "unknown option: --autoscale"},
+        {{"--autoscale", "2,4"}, "--autoscale: expected MAX[,MIN] with MAX >= 1"},
+        {{"--autoscale", "0"}, "--autoscale: expected MAX[,MIN] with MAX >= 1"},
+        {{"--autoscale", "4,x"}, "--autoscale: expected MAX[,MIN] with MAX >= 1"},
+        {{"--max-tasks-per-child", "4"}, "unknown option: --max-tasks-per-child"},
         {{"-c"}, "option -c requires a value"},
         {{"--concurrency"}, "option --concurrency requires a value"},
         {{"--acks-late=1"}, "option --acks-late does not take a value"},
