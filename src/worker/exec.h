@@ -40,6 +40,7 @@ typedef struct cel_outcome {
     char *meta;
     size_t meta_len;
     double countdown; /* RETRY: seconds until the retry's ETA */
+    double eta;       /* RETRY: its ETA as Unix time when the task gave one; 0 = countdown */
     double runtime;   /* seconds spent in the task function */
 } cel_outcome;
 

@@ -54,6 +54,7 @@ typedef struct frame_hdr {
     uint64_t job;
     double runtime;
     double countdown;
+    double eta;
 } frame_hdr;
 
 typedef struct child {
@@ -269,7 +270,7 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
         cel_message_clear(&m);
         free(job);
         h = (frame_hdr){.kind = FRAME_DONE, .status = (uint8_t)o.status, .job = ctx.job,
-                        .runtime = o.runtime, .countdown = o.countdown};
+                        .runtime = o.runtime, .countdown = o.countdown, .eta = o.eta};
         /* Take the next job now if one is waiting: its `started` then rides
          * in the same write as this report (one syscall and one parent
          * wake-up fewer per task). */
@@ -608,7 +609,8 @@ static void handle_frame(cel_pool *p, child *k, const char *data, size_t len)
             /* The outcome borrows the frame's text: on_outcome must not keep it. */
             cel_outcome o = {.status = (cel_outcome_status)h.status,
                              .meta = tlen ? (char *)text : NULL, .meta_len = tlen,
-                             .runtime = h.runtime, .countdown = h.countdown};
+                             .runtime = h.runtime, .countdown = h.countdown,
+                             .eta = h.eta};
             p->ev.on_outcome(p->ud, h.job, &o);
         }
         break;

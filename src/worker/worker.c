@@ -284,7 +284,9 @@ static void store(worker *w, const cel_message *m, const char *status, json_t *r
 }
 
 
-static void publish_retry(worker *w, request *r, double countdown)
+/* The retry goes out at `eta` (Unix time) when the task gave one, else
+ * `countdown` seconds from now. */
+static void publish_retry(worker *w, request *r, double countdown, double eta)
 {
     /* The parent kept only the headers; the retry needs the body too. */
     cel_message full;
@@ -311,7 +313,7 @@ static void publish_retry(worker *w, request *r, double countdown)
         .embed = m->embed,
         .retries = m->retries + 1,
         .priority = m->priority,
-        .eta = cel_now() + (countdown > 0 ? countdown : 0),
+        .eta = eta > 0 ? eta : cel_now() + (countdown > 0 ? countdown : 0),
         .expires = m->has_expires ? m->expires : 0,
         .time_limit = m->time_limit > 0 ? m->time_limit : 0,
         .soft_time_limit = m->soft_time_limit > 0 ? m->soft_time_limit : 0,
@@ -337,7 +339,7 @@ static void finish(worker *w, request *r, cel_outcome *o)
         cel_metrics_runtime(w->metrics, r->def->name, o->runtime);
     }
     if (o->status == CEL_OUT_RETRY)
-        publish_retry(w, r, o->countdown);
+        publish_retry(w, r, o->countdown, o->eta);
     if (o->meta && w->be) {
         cel_backend_store_raw(w->be, r->msg.id, r->msg.reply_to, o->meta, o->meta_len);
         w->stores_pending++;
