@@ -31,6 +31,7 @@ typedef enum cel_outcome_status {
     CEL_OUT_FAILURE = 1,
     CEL_OUT_RETRY = 2,
     CEL_OUT_DISCARD = 3, /* the message could not be decoded: ack, store nothing */
+    CEL_OUT_REVOKED = 4, /* revoked while queued in the pool: never run (pool.h) */
 } cel_outcome_status;
 
 /* The outcome of one execution.  `meta` is malloc'd backend-ready text, or

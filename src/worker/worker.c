@@ -483,11 +483,15 @@ static void pool_on_started(void *ud, uint64_t job, pid_t pid)
     }
 }
 
+static void discard_revoked(worker *w, request *r);
+
 static void pool_on_outcome(void *ud, uint64_t job, cel_outcome *o)
 {
     worker *w = ud;
     request *r = find_req(w, job, NULL);
-    if (r)
+    if (r && o->status == CEL_OUT_REVOKED)
+        discard_revoked(w, r); /* revoked while queued in the pool: never ran */
+    else if (r)
         finish(w, r, o);
 }
 
@@ -852,6 +856,14 @@ static int control_revoke(void *ud, const char *const *ids, size_t n, bool termi
 {
     worker *w = ud;
     int hit = 0;
+    /* Handed to the pool but not started: the pool skips it and it is
+     * discarded as revoked (pool_on_outcome), as Celery never sends a
+     * revoked task to a process.  Not counted: `hit` is what was terminated. */
+    for (size_t k = 0; k < n; k++) {
+        request *r = find_req_by_id(w, ids[k]);
+        if (r && r->state == REQ_SUBMITTED)
+            cel_pool_revoke(w->pool, r->job);
+    }
     for (size_t k = 0; k < n && terminate; k++) {
         request *r = find_req_by_id(w, ids[k]);
         if (!r || r->state != REQ_RUNNING)
@@ -1149,6 +1161,25 @@ static void control_poll(worker *w, bool readable)
 
 /* ---- dispatch --------------------------------------------------------- */
 
+/* Celery's Request.revoked(): REVOKED stored, task-revoked, the message
+ * acked, the request forgotten. */
+static void discard_revoked(worker *w, request *r)
+{
+    json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
+                               json_pack("[s]", "revoked"));
+    cel_info("Discarding revoked task: %s[%s]", r->msg.task, r->msg.id);
+    if (r->def)
+        cel_metrics_count(w->metrics, r->def->name, CEL_M_REVOKED);
+    task_event(w, "task-revoked", &r->msg,
+               json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
+    if (r->store_errors)
+        store(w, &r->msg, "REVOKED", exc, NULL);
+    chord_parent(w, r, "REVOKED", exc);
+    json_decref(exc);
+    ack(w, r);
+    drop_req(w, r);
+}
+
 /* Hands due requests to idle processes, oldest first; returns seconds until
  * the next ETA (or a large number) and counts the ETA-held requests. */
 static double dispatch(worker *w)
@@ -1162,20 +1193,7 @@ static double dispatch(worker *w)
             continue;
         }
         if (cel_control_is_revoked(w->ctl, r->msg.id)) {
-            /* Celery's Request.revoked(): REVOKED stored, the message acked. */
-            json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
-                                       json_pack("[s]", "revoked"));
-            cel_info("Discarding revoked task: %s[%s]", r->msg.task, r->msg.id);
-            if (r->def)
-                cel_metrics_count(w->metrics, r->def->name, CEL_M_REVOKED);
-            task_event(w, "task-revoked", &r->msg,
-                       json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
-            if (r->store_errors)
-                store(w, &r->msg, "REVOKED", exc, NULL);
-            chord_parent(w, r, "REVOKED", exc);
-            json_decref(exc);
-            ack(w, r);
-            drop_req(w, r);
+            discard_revoked(w, r);
             continue;
         }
         if (r->msg.has_expires && r->msg.expires <= now) {
