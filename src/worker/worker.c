@@ -483,14 +483,14 @@ static void pool_on_started(void *ud, uint64_t job, pid_t pid)
     }
 }
 
-static void discard_revoked(worker *w, request *r);
+static void discard_revoked(worker *w, request *r, bool expired);
 
 static void pool_on_outcome(void *ud, uint64_t job, cel_outcome *o)
 {
     worker *w = ud;
     request *r = find_req(w, job, NULL);
     if (r && o->status == CEL_OUT_REVOKED)
-        discard_revoked(w, r); /* revoked while queued in the pool: never ran */
+        discard_revoked(w, r, false); /* revoked while queued in the pool: never ran */
     else if (r)
         finish(w, r, o);
 }
@@ -1161,17 +1161,18 @@ static void control_poll(worker *w, bool readable)
 
 /* ---- dispatch --------------------------------------------------------- */
 
-/* Celery's Request.revoked(): REVOKED stored, task-revoked, the message
- * acked, the request forgotten. */
-static void discard_revoked(worker *w, request *r)
+/* Celery's Request.revoked(): REVOKED stored (TaskRevokedError('revoked')
+ * or ('expired')), task-revoked, the message acked, the request forgotten. */
+static void discard_revoked(worker *w, request *r, bool expired)
 {
     json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
-                               json_pack("[s]", "revoked"));
-    cel_info("Discarding revoked task: %s[%s]", r->msg.task, r->msg.id);
-    if (r->def)
+                               json_pack("[s]", expired ? "expired" : "revoked"));
+    cel_info("Discarding revoked task: %s[%s]%s", r->msg.task, r->msg.id,
+             expired ? " (expired)" : "");
+    if (r->def && !expired)
         cel_metrics_count(w->metrics, r->def->name, CEL_M_REVOKED);
     task_event(w, "task-revoked", &r->msg,
-               json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
+               json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", expired));
     if (r->store_errors)
         store(w, &r->msg, "REVOKED", exc, NULL);
     chord_parent(w, r, "REVOKED", exc);
@@ -1193,21 +1194,11 @@ static double dispatch(worker *w)
             continue;
         }
         if (cel_control_is_revoked(w->ctl, r->msg.id)) {
-            discard_revoked(w, r);
+            discard_revoked(w, r, false);
             continue;
         }
         if (r->msg.has_expires && r->msg.expires <= now) {
-            json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
-                                   json_pack("[s]", "expired"));
-            cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
-            task_event(w, "task-revoked", &r->msg,
-                       json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
-            if (r->store_errors)
-                store(w, &r->msg, "REVOKED", exc, NULL);
-            chord_parent(w, r, "REVOKED", exc);
-            json_decref(exc);
-            ack(w, r);
-            drop_req(w, r);
+            discard_revoked(w, r, true);
             continue;
         }
         if (r->msg.has_eta && r->msg.eta > now) {
