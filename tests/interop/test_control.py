@@ -115,7 +115,8 @@ def test_revoke_queued_never_runs(worker, kind, celery_app, differential, tmp_pa
     ran = [i for i, r in enumerate(waiting) if r.id in lines]
     assert ran == [0, 2], "runs: %s" % ran
     assert outcomes[1][0] == "TaskRevokedError", outcomes
-    differential.check(kind, "revoke-queued", [outcomes, ran])
+    assert waiting[1].state == "REVOKED"
+    differential.check(kind, "revoke-queued", [outcomes, ran, waiting[1].state])
 
 
 def _running(celery_app, node, task_id):
