@@ -309,6 +309,17 @@ def test_chord_header_group(worker, kind, celery_app, differential):
 
 
 @redis_backend
+def test_chord_in_chord_header(worker, kind, celery_app, differential):
+    """A chord inside a header: the inner chord's body is the outer chord's
+    part, so the outer body gets the inner body's value in its place."""
+    add, echo, _ = _tasks(celery_app)
+    res = chord([chord([add.s(1, 1), add.s(2, 2)], add.s([7])), add.s(3, 3)])(echo.s())
+    value = res.get(timeout=GET_TIMEOUT)
+    assert value == {"args": [[[2, 4, 7], 6]], "kwargs": {}}
+    differential.check(kind, "chord-in-chord-header", value)
+
+
+@redis_backend
 def test_chord_group_body(worker, kind, celery_app, differential):
     """A group as the body: each of its tasks gets the header's results
     prepended; the chord's result is the group's."""
