@@ -331,6 +331,27 @@ def test_chord_group_body(worker, kind, celery_app, differential):
     differential.check(kind, "chord-group-body", [type(res).__name__, value])
 
 
+@redis_backend
+def test_chord_group_body_fails(worker, kind, celery_app, differential, clean_redis):
+    """A failing header with a group body: chord_error_from_stack stores the
+    ChordError under the body's id, which for a group is the group id; its
+    members are never sent and stay PENDING (GroupResult.get would wait),
+    as in Celery 5.2.6."""
+    add, echo, fail = _tasks(celery_app)
+    res = chord([add.s(1, 1), fail.s("bad")])(group(echo.s("a"), echo.s("b")))
+    meta = wait_until(lambda: stored_meta(clean_redis, res.id), GET_TIMEOUT,
+                      what="the group's FAILURE")
+    assert meta["status"] == "FAILURE", meta
+    assert meta["result"]["exc_type"] == "ChordError", meta
+    time.sleep(0.5)
+    members = [stored_meta(clean_redis, r.id) for r in res.results]
+    assert members == [None, None]
+    message = meta["result"]["exc_message"][0]  # "Dependency <id> raised ValueError('bad')"
+    differential.check(kind, "chord-group-body-fails",
+                       [meta["status"], meta["result"]["exc_type"],
+                        re.sub(r"[0-9a-f-]{36}", "<id>", message), members])
+
+
 @pytest.mark.skipif(REDIS_BACKEND, reason="rpc:// results only")
 def test_chord_rpc_backend(worker, kind, celery_app, differential):
     """rpc:// has no chords in Celery 5.2.6: the producer refuses one
