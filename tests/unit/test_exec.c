@@ -107,31 +107,30 @@ static void test_past_the_limit_raises_the_exception(void **state)
     json_decref(args);
 }
 
-static void test_no_exception_is_max_retries_exceeded(void **state)
+/* Runs the task at `retries` and checks that it failed with `exc_type`. */
+static void expect_failure(int retries, const char *exc_type)
 {
-    g_opts = (cel_retry_options){.countdown = 1};
     cel_outcome o;
-    json_t *meta = run(3, &o); /* the task's default limit, 3 */
+    json_t *meta = run(retries, &o);
     assert_int_equal(o.status, CEL_OUT_FAILURE);
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(meta, "result"), "exc_type")),
-        "MaxRetriesExceededError");
+        exc_type);
     json_decref(meta);
     cel_outcome_clear(&o);
+}
+
+static void test_no_exception_is_max_retries_exceeded(void **state)
+{
+    g_opts = (cel_retry_options){.countdown = 1};
+    expect_failure(3, "MaxRetriesExceededError"); /* the task's default limit, 3 */
 }
 
 static void test_retries_none_fails_at_once(void **state)
 {
     g_opts = (cel_retry_options){.max_retries = CEL_RETRIES_NONE, .exc_type = "KeyError",
                                  .exc_message = "k"};
-    cel_outcome o;
-    json_t *meta = run(0, &o);
-    assert_int_equal(o.status, CEL_OUT_FAILURE);
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(meta, "result"), "exc_type")),
-        "KeyError");
-    json_decref(meta);
-    cel_outcome_clear(&o);
+    expect_failure(0, "KeyError");
 }
 
 static void test_eta_is_absolute_and_printed_as_python(void **state)
