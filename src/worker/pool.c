@@ -64,9 +64,11 @@ typedef struct frame_hdr {
 } frame_hdr;
 
 /* Revoked jobs still in the queue.  `used` lets a child skip the scan in
- * the usual case of none; a slot is 0 when free.  More revoked-but-queued
- * jobs than slots cannot be: the queue holds at most 4 per process, and a
- * job past that is still the worker's to discard. */
+ * the usual case of none; a slot is 0 when free.  The queue holds at most 4
+ * jobs per process, so up to 256 processes the table cannot fill; past
+ * that a revoke finding no slot lets the job run.  A slot is freed by the
+ * child that skips the job, or by the parent when the job started anyway
+ * (revoked too late) or was reclaimed. */
 #define REVOKED_SLOTS 1024
 typedef struct revoked_table {
     _Atomic uint32_t used;
