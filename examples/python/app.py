@@ -9,6 +9,8 @@ so that one producer can be pointed at either a ``celery worker`` or a
     examples.limited(*args, **kw)  echo, rate_limit "10/s"
     examples.flaky(n, countdown=0.5)  retries n times (default max_retries 3), returns retries
     examples.autoretry(n)        raises ValueError n times, autoretry_for=(ValueError,), 0.2 s apart
+    examples.retry_with(n, options)  self.retry(exc=, countdown=, eta=, max_retries=) n times
+    examples.touch(marker)       appends its task id to the file `marker`, returns the id
     examples.sleep(seconds)      sleeps, returns seconds
     examples.fail(message)       raises ValueError(message)
     examples.crash()             kills its own pool process with SIGSEGV
@@ -26,6 +28,7 @@ CELERY_TASK_TRACK_STARTED=1,
 CELERY_BROKER_TRANSPORT_OPTIONS='{"visibility_timeout": 5}'.
 """
 
+import datetime
 import json
 import os
 import signal
@@ -115,6 +118,37 @@ def autoretry(self, fail_times):
     if self.request.retries < fail_times:
         raise ValueError("attempt %d" % self.request.retries)
     return self.request.retries
+
+
+def _mark_run(task_id, path):
+    """Appends the task id to the file `path`: a test's marker of each run."""
+    if isinstance(path, str):
+        with open(path, "a") as f:
+            f.write(task_id + "\n")
+
+
+@app.task(name="examples.retry_with", bind=True)
+def retry_with(self, fail_times, options):
+    _mark_run(self.request.id, options.get("marker"))
+    retries = self.request.retries
+    if retries >= fail_times:
+        return retries
+    kw = {}
+    if "countdown" in options:
+        kw["countdown"] = options["countdown"]
+    if "eta" in options:
+        kw["eta"] = datetime.datetime.fromtimestamp(options["eta"], tz=datetime.timezone.utc)
+    if "max_retries" in options:
+        kw["max_retries"] = options["max_retries"]
+    if options.get("exc", True) is not False:
+        kw["exc"] = ValueError("attempt %d" % retries)
+    raise self.retry(**kw)
+
+
+@app.task(name="examples.touch", bind=True)
+def touch(self, marker):
+    _mark_run(self.request.id, marker)
+    return self.request.id
 
 
 @app.task(name="examples.sleep")

@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -208,6 +209,69 @@ static int autoretry_task(cel_task *t, const json_t *args, const json_t *kwargs)
     return cel_task_return(t, json_integer(cel_task_retries(t)));
 }
 
+/* Appends "<task id>\n" to the file `path` (a test's marker of each run);
+ * NULL or not a string: nothing. */
+static void mark_run(cel_task *t, const json_t *path)
+{
+    if (!json_is_string(path))
+        return;
+    FILE *f = fopen(json_string_value(path), "a");
+    if (!f)
+        return;
+    fprintf(f, "%s\n", cel_task_id(t));
+    fclose(f);
+}
+
+/* examples.touch(marker) appends its task id to the file `marker` and
+ * returns it: a run leaves a trace (the revoke tests look for none). */
+static int touch(cel_task *t, const json_t *args, const json_t *kwargs)
+{
+    static const char *const params[] = {"marker"};
+    const json_t *path;
+    int rc = bind(t, "touch", params, 1, args, kwargs, &path);
+    if (rc)
+        return rc;
+    mark_run(t, path);
+    return cel_task_return(t, json_string(cel_task_id(t)));
+}
+
+/* examples.retry_with(fail_times, options): Celery's self.retry() with its
+ * arguments, until retried fail_times times; returns the retry count.
+ * options: "marker" (a file each run appends to), "countdown", "eta" (Unix
+ * time), "max_retries" (this call's limit; 0 = none left), "exc" (false:
+ * no exception; else ValueError("attempt N")). */
+static int retry_with(cel_task *t, const json_t *args, const json_t *kwargs)
+{
+    static const char *const params[] = {"fail_times", "options"};
+    const json_t *v[2];
+    int rc = bind(t, "retry_with", params, 2, args, kwargs, v);
+    if (rc)
+        return rc;
+    if (!json_is_integer(v[0]) || !json_is_object(v[1]))
+        return cel_task_raise(t, "builtins", "TypeError", "retry_with(int, dict)");
+    const json_t *o = v[1];
+    mark_run(t, json_object_get(o, "marker"));
+    int retries = cel_task_retries(t);
+    if (retries >= json_integer_value(v[0]))
+        return cel_task_return(t, json_integer(retries));
+    const json_t *countdown = json_object_get(o, "countdown"), *eta = json_object_get(o, "eta");
+    const json_t *max = json_object_get(o, "max_retries"), *exc = json_object_get(o, "exc");
+    char msg[32];
+    snprintf(msg, sizeof msg, "attempt %d", retries);
+    cel_retry_options r = {
+        .countdown = json_is_number(countdown) ? json_number_value(countdown)
+                                               : CEL_RETRY_DEFAULT_DELAY,
+        .eta = json_is_number(eta) ? json_number_value(eta) : 0,
+        /* Python's max_retries=0 is "no retry left"; our 0 is "the task's". */
+        .max_retries = !json_is_integer(max)            ? 0
+                       : json_integer_value(max) == 0 ? CEL_RETRIES_NONE
+                                                      : (int)json_integer_value(max),
+        .exc_type = json_is_false(exc) ? NULL : "ValueError",
+        .exc_message = msg,
+    };
+    return cel_task_retry_ex(t, &r);
+}
+
 /* examples.fail(message) raises ValueError(message). */
 static int fail(cel_task *t, const json_t *args, const json_t *kwargs)
 {
@@ -250,5 +314,7 @@ int celeriac_module_init(cel_registry *reg)
                        &(cel_task_options){.autoretry_for = value_error,
                                            .default_retry_delay = 0.2});
     rc |= cel_register(reg, "examples.crash", crash, NULL);
+    rc |= cel_register(reg, "examples.touch", touch, NULL);
+    rc |= cel_register(reg, "examples.retry_with", retry_with, NULL);
     return rc;
 }

@@ -130,6 +130,42 @@ int cel_task_raise_args(cel_task *t, const char *module, const char *type,
  * exhausted the task fails instead (MaxRetriesExceededError), as in Celery. */
 int cel_task_retry(cel_task *t, double countdown);
 
+#define CEL_RETRY_DEFAULT_DELAY (-1.0) /* countdown: the task's default_retry_delay */
+
+/* What Celery's `self.retry(exc=..., countdown=..., eta=..., max_retries=...)`
+ * takes.  Unlike cel_task_options, countdown 0 means "at once" (Celery's
+ * countdown=0); set CEL_RETRY_DEFAULT_DELAY for the task's delay:
+ *     cel_retry_options o = {.countdown = 5, .exc_module = "builtins",
+ *                            .exc_type = "ValueError", .exc_message = "busy"};
+ *     return cel_task_retry_ex(t, &o); */
+typedef struct cel_retry_options {
+    double countdown; /* seconds from now; <0: default_retry_delay */
+    /* Absolute time of the retry, seconds since the Unix epoch (UTC); 0 =
+     * none.  When set it wins over countdown, as Celery's retry(eta=...)
+     * (the log says "Retry at <eta>"). */
+    double eta;
+    /* This call's limit instead of the task's max_retries: 0 = the task's
+     * (Celery's max_retries=None), a count, CEL_RETRIES_NONE (no retry:
+     * fail at once) or CEL_RETRIES_UNLIMITED. */
+    int max_retries;
+    /* The exception (Celery's exc=): recorded as the RETRY state's result,
+     * and raised instead of MaxRetriesExceededError once the retries are
+     * spent.  exc_type NULL = none.  Its args are exc_args (a JSON array),
+     * or [exc_message] when exc_args is NULL and exc_message is not. */
+    const char *exc_module; /* NULL = "builtins" */
+    const char *exc_type;
+    const char *exc_message;
+    const json_t *exc_args;
+} cel_retry_options;
+
+/* cel_task_retry with Celery's retry() arguments; `o` NULL is
+ * cel_task_retry(t, CEL_RETRY_DEFAULT_DELAY).  Returns CEL_TASK_RETRY; once
+ * max_retries is exceeded the task fails instead, with the exception given
+ * (FAILURE, that type and args), else with MaxRetriesExceededError.  Nothing
+ * in `o` is stolen or kept: the strings and exc_args are borrowed for the
+ * call. */
+int cel_task_retry_ex(cel_task *t, const cel_retry_options *o);
+
 /* Stores a custom state (e.g. "PROGRESS") with `meta` (stolen) in the result
  * backend while the task runs.  Returns 0, or -1 if it could not be sent. */
 int cel_task_update_state(cel_task *t, const char *state, json_t *meta);

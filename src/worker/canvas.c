@@ -214,5 +214,24 @@ char *cel_canvas_apply(const cel_message *m, const json_t *sig, const json_t *pr
         json_decref(rest);
         return id;
     }
+    /* A group (a chord's body): group.apply_async sends each member with
+     * the results prepended, under the id the chord froze for the group,
+     * which the client's GroupResult already names.  Returns that id. */
+    const char *gid = opt_str(json_object_get(sig, "options"), "task_id");
+    if (json_is_array(tasks) && json_array_size(tasks) && gid &&
+        (!strcmp(opt_str(sig, "subtask_type") ? opt_str(sig, "subtask_type") : "", "group") ||
+         !strcmp(opt_str(sig, "task") ? opt_str(sig, "task") : "", "celery.group"))) {
+        size_t i;
+        const json_t *member;
+        json_array_foreach(tasks, i, member) {
+            const json_t *mo = json_object_get(member, "options");
+            const json_t *gi = json_object_get(mo, "group_index");
+            const char *mg = opt_str(mo, "group_id");
+            free(apply_signature(m, member, prepend, NULL, mg ? mg : gid,
+                                 json_is_integer(gi) ? (int)json_integer_value(gi) : (int)i,
+                                 send, ud));
+        }
+        return strdup(gid);
+    }
     return apply_signature(m, sig, prepend, NULL, NULL, 0, send, ud);
 }

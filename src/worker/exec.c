@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct cel_task {
@@ -34,7 +35,10 @@ struct cel_task {
     const char *exc_module, *exc_type;
     json_t *exc_args;   /* FAILURE args */
     double countdown;   /* RETRY */
-    json_t *retry_exc;  /* RETRY by autoretry: the exception dict recorded */
+    double eta;         /* RETRY at this Unix time (retry(eta=...)); 0 = countdown */
+    int max_retries;    /* RETRY: this call's limit (retry(max_retries=...)); 0 = the task's */
+    json_t *retry_exc;  /* RETRY: the exception dict recorded (retry(exc=...), autoretry) */
+    json_t *held;       /* keeps the strings of a raised retry exc alive */
 };
 
 void cel_outcome_clear(cel_outcome *o)
@@ -149,6 +153,27 @@ static void chord_note(const cel_message *m, const char *state, const json_t *re
     free(part);
 }
 
+/* str() of an aware UTC datetime at Unix time `ts`, as Retry.humanize
+ * prints an eta: "2026-01-02 03:04:05.678000+00:00" (no fraction when it
+ * is zero; microseconds rounded as datetime.fromtimestamp, ties aside). */
+static void py_utc_datetime(double ts, char *buf, size_t size)
+{
+    /* Without libm (the unit tests link the core alone); ts > 0. */
+    time_t tt = (time_t)ts;
+    long usec = (long)((ts - (double)tt) * 1e6 + 0.5);
+    if (usec >= 1000000) {
+        tt += 1;
+        usec -= 1000000;
+    }
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    char date[40], frac[24] = "";
+    strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+    if (usec)
+        snprintf(frac, sizeof frac, ".%06ld", usec);
+    snprintf(buf, size, "%s%s+00:00", date, frac);
+}
+
 /* "ValueError('kaboom')", as Python's repr of the exception. */
 static char *exc_repr(const char *type, json_t *args)
 {
@@ -187,7 +212,10 @@ static void reset_outcome(cel_task *t)
 {
     json_decref(t->result);
     json_decref(t->exc_args);
-    t->result = t->exc_args = NULL;
+    json_decref(t->retry_exc);
+    t->result = t->exc_args = t->retry_exc = NULL;
+    t->eta = 0;
+    t->max_retries = 0;
     t->done = true;
 }
 
@@ -233,6 +261,26 @@ int cel_task_retry(cel_task *t, double countdown)
     reset_outcome(t);
     t->status = CEL_TASK_RETRY;
     t->countdown = countdown;
+    return CEL_TASK_RETRY;
+}
+
+int cel_task_retry_ex(cel_task *t, const cel_retry_options *o)
+{
+    if (!o)
+        return cel_task_retry(t, CEL_RETRY_DEFAULT_DELAY);
+    json_t *exc = NULL;
+    if (o->exc_type) {
+        json_t *args = json_is_array(o->exc_args) ? json_deep_copy(o->exc_args)
+                       : o->exc_message               ? json_pack("[s]", o->exc_message)
+                                                      : json_array();
+        exc = cel_exc_dict(o->exc_module ? o->exc_module : "builtins", o->exc_type, args);
+    }
+    cel_task_retry(t, o->countdown);
+    /* Checked once the task has returned (check_max_retries), where the
+     * task's own limit is known. */
+    t->eta = o->eta > 0 ? o->eta : 0;
+    t->max_retries = o->max_retries;
+    t->retry_exc = exc;
     return CEL_TASK_RETRY;
 }
 
@@ -339,16 +387,28 @@ static void autoretry(cel_task *t, const cel_task_def *def)
     t->retry_exc = exc;
 }
 
-/* Turns a RETRY past max_retries into Celery's MaxRetriesExceededError. */
+/* Turns a RETRY past max_retries (the call's, else the task's) into the
+ * exception given to retry(), or Celery's MaxRetriesExceededError. */
 static void check_max_retries(cel_task *t, const cel_task_def *def)
 {
-    int max = def->opts.max_retries == 0                     ? 3
-              : def->opts.max_retries == CEL_RETRIES_NONE      ? 0
-                                                               : def->opts.max_retries;
+    int limit = t->max_retries ? t->max_retries : def->opts.max_retries;
+    int max = limit == 0 ? 3 : limit == CEL_RETRIES_NONE ? 0 : limit;
     const cel_message *m = t->m;
     if (max == CEL_RETRIES_UNLIMITED || m->retries < max) {
-        if (t->countdown < 0)
+        if (t->eta > 0) /* the parent publishes the retry at eta; countdown is for the log */
+            t->countdown = t->eta - cel_now();
+        else if (t->countdown < 0)
             t->countdown = def->opts.default_retry_delay > 0 ? def->opts.default_retry_delay : 180;
+        return;
+    }
+    if (t->retry_exc) {
+        /* Task.retry: `raise_with_context(exc)` — the task fails with it. */
+        json_t *exc = t->retry_exc;
+        t->retry_exc = NULL;
+        cel_task_raise_args(t, json_string_value(json_object_get(exc, "exc_module")),
+                            json_string_value(json_object_get(exc, "exc_type")),
+                            json_incref(json_object_get(exc, "exc_message")));
+        t->held = exc;
         return;
     }
     char *msg = NULL;
@@ -424,14 +484,20 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
     } else if (t.status == CEL_TASK_RETRY) {
         out->status = CEL_OUT_RETRY;
         out->countdown = t.countdown;
-        char msg[1100];
+        out->eta = t.eta;
+        char msg[1100], when[64];
+        if (t.eta > 0)
+            py_utc_datetime(t.eta, when, sizeof when);
+        else
+            snprintf(when, sizeof when, "%g", t.countdown);
         char *er = t.retry_exc ? exc_repr(json_string_value(json_object_get(t.retry_exc,
                                                                             "exc_type")),
                                           json_object_get(t.retry_exc, "exc_message"))
                                : NULL;
-        /* Celery's Retry.__str__: "Retry in 2s" or "Retry in 2s: ValueError('x')". */
-        snprintf(msg, sizeof msg, "Retry in %gs%s%.1000s", t.countdown, er ? ": " : "",
-                 er ? er : "");
+        /* Celery's Retry.__str__: "Retry in 2s" or "Retry in 2s: ValueError('x')";
+         * with an eta "Retry at 2026-01-02 03:04:05.678000+00:00". */
+        snprintf(msg, sizeof msg, "Retry %s %s%s%s%.1000s", t.eta > 0 ? "at" : "in", when,
+                 t.eta > 0 ? "" : "s", er ? ": " : "", er ? er : "");
         free(er);
         cel_info("Task %s[%s] retry: %s", m->task, m->id, msg);
         /* What Celery's tracer stores for retry() without exc: result None
@@ -465,6 +531,7 @@ void cel_exec_run(const cel_exec_env *env, const cel_message *m,
     json_decref(t.result);
     json_decref(t.exc_args);
     json_decref(t.retry_exc);
+    json_decref(t.held);
     json_decref(t.delivery_info);
     json_decref(t.headers);
 }

@@ -31,6 +31,7 @@ typedef enum cel_outcome_status {
     CEL_OUT_FAILURE = 1,
     CEL_OUT_RETRY = 2,
     CEL_OUT_DISCARD = 3, /* the message could not be decoded: ack, store nothing */
+    CEL_OUT_REVOKED = 4, /* revoked while queued in the pool: never run (pool.h) */
 } cel_outcome_status;
 
 /* The outcome of one execution.  `meta` is malloc'd backend-ready text, or
@@ -40,6 +41,7 @@ typedef struct cel_outcome {
     char *meta;
     size_t meta_len;
     double countdown; /* RETRY: seconds until the retry's ETA */
+    double eta;       /* RETRY: its ETA as Unix time when the task gave one; 0 = countdown */
     double runtime;   /* seconds spent in the task function */
 } cel_outcome;
 

@@ -16,6 +16,12 @@
  * already there; whichever process reads it is by definition between two
  * tasks, and exits.  No per-process signal, no race with a process that
  * is just taking a job, and no extra system call on the hot path.
+ *
+ * Why a shared revoked table: a datagram in the queue cannot be taken back
+ * selectively, yet Celery never runs a task revoked before a process started
+ * it.  The parent writes a revoked job's id into a MAP_SHARED table mapped
+ * before the fork; a child looks there as it takes a job and, on a hit,
+ * skips it and reports it revoked instead of started.
  */
 #include "worker/pool.h"
 #include "core/log.h"
@@ -63,7 +69,20 @@ typedef struct frame_hdr {
     uint64_t job;
     double runtime;
     double countdown;
+    double eta;
 } frame_hdr;
+
+/* Revoked jobs still in the queue.  `used` lets a child skip the scan in
+ * the usual case of none; a slot is 0 when free.  The queue holds at most 4
+ * jobs per process, so up to 256 processes the table cannot fill; past
+ * that a revoke finding no slot lets the job run.  A slot is freed by the
+ * child that skips the job, or by the parent when the job started anyway
+ * (revoked too late) or was reclaimed. */
+#define REVOKED_SLOTS 1024
+typedef struct revoked_table {
+    _Atomic uint32_t used;
+    _Atomic uint64_t job[REVOKED_SLOTS];
+} revoked_table;
 
 typedef struct child {
     pid_t pid;       /* 0 = slot empty */
@@ -94,6 +113,7 @@ struct cel_pool {
     size_t nstage, capstage;
     bool stopping;
     uint64_t solo_job;
+    revoked_table *revoked; /* MAP_SHARED with the children; NULL for solo */
 };
 
 /* ---- child side ------------------------------------------------------- */
@@ -234,7 +254,43 @@ static char *recv_job(int qfd, size_t *len, bool block)
     }
 }
 
-static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
+/* Clears `job` from the table if it is there; true when it was. */
+static bool revoked_take(revoked_table *rt, uint64_t job)
+{
+    /* Free slots hold 0, the retire datagram's id: never match it. */
+    if (!rt || job == RETIRE_JOB || !atomic_load(&rt->used))
+        return false;
+    for (size_t i = 0; i < REVOKED_SLOTS; i++) {
+        uint64_t want = job;
+        if (atomic_load(&rt->job[i]) == job &&
+            atomic_compare_exchange_strong(&rt->job[i], &want, 0)) {
+            atomic_fetch_sub(&rt->used, 1);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* recv_job, skipping jobs revoked while they waited in the queue: each is
+ * reported done with CEL_OUT_REVOKED, never started. */
+static char *take_job(revoked_table *rt, int qfd, int fd, size_t *len, bool block)
+{
+    for (;;) {
+        char *job = recv_job(qfd, len, block);
+        uint64_t id;
+        if (!job)
+            return NULL;
+        memcpy(&id, job, 8);
+        if (!revoked_take(rt, id))
+            return job;
+        free(job);
+        frame_hdr h = {.kind = FRAME_DONE, .status = CEL_OUT_REVOKED, .job = id};
+        if (send_report(fd, &h, NULL, 0) < 0)
+            _exit(3);
+    }
+}
+
+static void child_main(const cel_exec_env *env, revoked_table *rt, int qfd, int fd, int index)
 {
     char name[32];
     snprintf(name, sizeof name, "ForkPoolWorker-%d", index);
@@ -252,7 +308,7 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
     size_t len;
-    char *job = recv_job(qfd, &len, true);
+    char *job = take_job(rt, qfd, fd, &len, true);
     bool started_sent = false;
     while (job) {
         child_ctx ctx = {.fd = fd};
@@ -286,11 +342,11 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
         cel_message_clear(&m);
         free(job);
         h = (frame_hdr){.kind = FRAME_DONE, .status = (uint8_t)o.status, .job = ctx.job,
-                        .runtime = o.runtime, .countdown = o.countdown};
+                        .runtime = o.runtime, .countdown = o.countdown, .eta = o.eta};
         /* Take the next job now if one is waiting: its `started` then rides
          * in the same write as this report (one syscall and one parent
          * wake-up fewer per task). */
-        char *next = recv_job(qfd, &len, false);
+        char *next = take_job(rt, qfd, fd, &len, false);
         uint64_t next_id = RETIRE_JOB;
         if (next)
             memcpy(&next_id, next, 8);
@@ -308,7 +364,7 @@ static void child_main(const cel_exec_env *env, int qfd, int fd, int index)
         if (rc < 0)
             _exit(3);
         if (!next && len == 0)
-            next = recv_job(qfd, &len, true);
+            next = take_job(rt, qfd, fd, &len, true);
         job = next;
     }
     _exit(0);
@@ -335,7 +391,7 @@ static int spawn(cel_pool *p, child *k)
         for (int i = 0; i < p->n; i++)
             if (p->kids[i].pid && p->kids[i].fd >= 0)
                 close(p->kids[i].fd);
-        child_main(p->env, p->jobq[1], sv[1], k->index);
+        child_main(p->env, p->revoked, p->jobq[1], sv[1], k->index);
         _exit(0);
     }
     close(sv[1]);
@@ -370,6 +426,9 @@ cel_pool *cel_pool_start(bool solo, int processes, const cel_exec_env *env,
             return NULL;
         }
         fcntl(p->jobq[0], F_SETFL, fcntl(p->jobq[0], F_GETFL) | O_NONBLOCK);
+        void *rt = mmap(NULL, sizeof *p->revoked, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        p->revoked = rt == MAP_FAILED ? NULL : rt; /* without it revoked queued jobs run */
         for (int i = 0; i < processes; i++)
             p->kids[i].fd = -1;
         for (int i = 0; i < processes; i++) {
@@ -594,6 +653,7 @@ int cel_pool_reclaim(cel_pool *p, uint64_t *jobs, int max)
         }
         if (p->queued > 0)
             p->queued--;
+        revoked_take(p->revoked, job);
         if (job)
             jobs[n++] = job;
     }
@@ -629,18 +689,27 @@ static void handle_frame(cel_pool *p, child *k, const char *data, size_t len)
     case FRAME_STARTED:
         if (p->queued > 0)
             p->queued--;
+        /* Revoked too late: the child had taken it already. */
+        revoked_take(p->revoked, h.job);
         k->running = true;
         k->job = h.job;
         if (p->ev.on_started)
             p->ev.on_started(p->ud, h.job, k->pid);
         break;
     case FRAME_DONE:
-        if (k->running && h.job == k->job) {
+        if (h.status == CEL_OUT_REVOKED) {
+            /* Taken from the queue and skipped: never started. */
+            if (p->queued > 0)
+                p->queued--;
+            cel_outcome o = {.status = CEL_OUT_REVOKED};
+            p->ev.on_outcome(p->ud, h.job, &o);
+        } else if (k->running && h.job == k->job) {
             k->running = false;
             /* The outcome borrows the frame's text: on_outcome must not keep it. */
             cel_outcome o = {.status = (cel_outcome_status)h.status,
                              .meta = tlen ? (char *)text : NULL, .meta_len = tlen,
-                             .runtime = h.runtime, .countdown = h.countdown};
+                             .runtime = h.runtime, .countdown = h.countdown,
+                             .eta = h.eta};
             p->ev.on_outcome(p->ud, h.job, &o);
         }
         break;
@@ -822,7 +891,24 @@ void cel_pool_stop(cel_pool *p, bool kill_now)
             close(k->fd);
         cel_buf_free(&k->in);
     }
+    if (p->revoked)
+        munmap(p->revoked, sizeof *p->revoked);
     free(p->kids);
     free(p->stage);
     free(p);
+}
+
+int cel_pool_revoke(cel_pool *p, uint64_t job)
+{
+    if (!p->revoked)
+        return -1;
+    /* `used` first: a child that sees the id also sees used > 0. */
+    atomic_fetch_add(&p->revoked->used, 1);
+    for (size_t i = 0; i < REVOKED_SLOTS; i++) {
+        uint64_t free_slot = 0;
+        if (atomic_compare_exchange_strong(&p->revoked->job[i], &free_slot, job))
+            return 0;
+    }
+    atomic_fetch_sub(&p->revoked->used, 1);
+    return -1;
 }

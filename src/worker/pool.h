@@ -90,6 +90,13 @@ int cel_pool_kill_job(cel_pool *p, uint64_t job);
 /* revoke(terminate=True): `signum` to the process running `job`. */
 int cel_pool_signal_job(cel_pool *p, uint64_t job, int signum);
 
+/* revoke() without terminate for a job handed to the pool and not started:
+ * the process that takes it skips it, and it comes back through on_outcome
+ * as CEL_OUT_REVOKED instead of on_started.  A job a process took already
+ * runs (Celery runs a started task to its end).  Returns 0, or -1 (solo, or
+ * no room: the job will run). */
+int cel_pool_revoke(cel_pool *p, uint64_t job);
+
 /* Takes back jobs still waiting in the queue (no process took them yet),
  * e.g. at a warm shutdown, so their messages can be restored.  Writes up to
  * `max` job ids to `jobs`; returns how many. */

@@ -316,7 +316,9 @@ static void store(worker *w, const cel_message *m, const char *status, json_t *r
 }
 
 
-static void publish_retry(worker *w, request *r, double countdown)
+/* The retry goes out at `eta` (Unix time) when the task gave one, else
+ * `countdown` seconds from now. */
+static void publish_retry(worker *w, request *r, double countdown, double eta)
 {
     /* The parent kept only the headers; the retry needs the body too. */
     cel_message full;
@@ -343,7 +345,7 @@ static void publish_retry(worker *w, request *r, double countdown)
         .embed = m->embed,
         .retries = m->retries + 1,
         .priority = m->priority,
-        .eta = cel_now() + (countdown > 0 ? countdown : 0),
+        .eta = eta > 0 ? eta : cel_now() + (countdown > 0 ? countdown : 0),
         .expires = m->has_expires ? m->expires : 0,
         .time_limit = m->time_limit > 0 ? m->time_limit : 0,
         .soft_time_limit = m->soft_time_limit > 0 ? m->soft_time_limit : 0,
@@ -369,7 +371,7 @@ static void finish(worker *w, request *r, cel_outcome *o)
         cel_metrics_runtime(w->metrics, r->def->name, o->runtime);
     }
     if (o->status == CEL_OUT_RETRY)
-        publish_retry(w, r, o->countdown);
+        publish_retry(w, r, o->countdown, o->eta);
     if (o->meta && w->be) {
         cel_backend_store_raw(w->be, r->msg.id, r->msg.reply_to, o->meta, o->meta_len);
         w->stores_pending++;
@@ -513,11 +515,15 @@ static void pool_on_started(void *ud, uint64_t job, pid_t pid)
     }
 }
 
+static void discard_revoked(worker *w, request *r, bool expired);
+
 static void pool_on_outcome(void *ud, uint64_t job, cel_outcome *o)
 {
     worker *w = ud;
     request *r = find_req(w, job, NULL);
-    if (r)
+    if (r && o->status == CEL_OUT_REVOKED)
+        discard_revoked(w, r, false); /* revoked while queued in the pool: never ran */
+    else if (r)
         finish(w, r, o);
 }
 
@@ -887,6 +893,14 @@ static int control_revoke(void *ud, const char *const *ids, size_t n, bool termi
 {
     worker *w = ud;
     int hit = 0;
+    /* Handed to the pool but not started: the pool skips it and it is
+     * discarded as revoked (pool_on_outcome), as Celery never sends a
+     * revoked task to a process.  Not counted: `hit` is what was terminated. */
+    for (size_t k = 0; k < n; k++) {
+        request *r = find_req_by_id(w, ids[k]);
+        if (r && r->state == REQ_SUBMITTED)
+            cel_pool_revoke(w->pool, r->job);
+    }
     for (size_t k = 0; k < n && terminate; k++) {
         request *r = find_req_by_id(w, ids[k]);
         if (!r || r->state != REQ_RUNNING)
@@ -1435,6 +1449,26 @@ static void control_poll(worker *w, bool readable)
 
 /* ---- dispatch --------------------------------------------------------- */
 
+/* Celery's Request.revoked(): REVOKED stored (TaskRevokedError('revoked')
+ * or ('expired')), task-revoked, the message acked, the request forgotten. */
+static void discard_revoked(worker *w, request *r, bool expired)
+{
+    json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
+                               json_pack("[s]", expired ? "expired" : "revoked"));
+    cel_info("Discarding revoked task: %s[%s]%s", r->msg.task, r->msg.id,
+             expired ? " (expired)" : "");
+    if (r->def && !expired)
+        cel_metrics_count(w->metrics, r->def->name, CEL_M_REVOKED);
+    task_event(w, "task-revoked", &r->msg,
+               json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", expired));
+    if (r->store_errors)
+        store(w, &r->msg, "REVOKED", exc, NULL);
+    chord_parent(w, r, "REVOKED", exc);
+    json_decref(exc);
+    ack(w, r);
+    drop_req(w, r);
+}
+
 /* Hands due requests to idle processes, oldest first; returns seconds until
  * the next ETA (or a large number) and counts the ETA-held requests. */
 static double dispatch(worker *w)
@@ -1448,34 +1482,11 @@ static double dispatch(worker *w)
             continue;
         }
         if (cel_control_is_revoked(w->ctl, r->msg.id)) {
-            /* Celery's Request.revoked(): REVOKED stored, the message acked. */
-            json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
-                                       json_pack("[s]", "revoked"));
-            cel_info("Discarding revoked task: %s[%s]", r->msg.task, r->msg.id);
-            if (r->def)
-                cel_metrics_count(w->metrics, r->def->name, CEL_M_REVOKED);
-            task_event(w, "task-revoked", &r->msg,
-                       json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 0));
-            if (r->store_errors)
-                store(w, &r->msg, "REVOKED", exc, NULL);
-            chord_parent(w, r, "REVOKED", exc);
-            json_decref(exc);
-            ack(w, r);
-            drop_req(w, r);
+            discard_revoked(w, r, false);
             continue;
         }
         if (r->msg.has_expires && r->msg.expires <= now) {
-            json_t *exc = cel_exc_dict("celery.exceptions", "TaskRevokedError",
-                                   json_pack("[s]", "expired"));
-            cel_info("Discarding revoked task: %s[%s] (expired)", r->msg.task, r->msg.id);
-            task_event(w, "task-revoked", &r->msg,
-                       json_pack("{s:b, s:n, s:b}", "terminated", 0, "signum", "expired", 1));
-            if (r->store_errors)
-                store(w, &r->msg, "REVOKED", exc, NULL);
-            chord_parent(w, r, "REVOKED", exc);
-            json_decref(exc);
-            ack(w, r);
-            drop_req(w, r);
+            discard_revoked(w, r, true);
             continue;
         }
         if (r->msg.has_eta && r->msg.eta > now) {

@@ -8,10 +8,10 @@ import time
 import uuid
 
 import pytest
-from celery import chain, chord
+from celery import chain, chord, group
 from celery.exceptions import ChordError
 
-from conftest import GET_TIMEOUT, _track, wait_until
+from conftest import GET_TIMEOUT, REDIS_BACKEND, _track, wait_until
 from helpers import stored_meta
 
 # Walking parents and children reads other tasks' results, which rpc:// (one
@@ -289,3 +289,87 @@ def test_chord_then_task(worker, kind, celery_app, differential):
     value = res.get(timeout=GET_TIMEOUT)
     assert value == [2, 4, 7, 9]
     differential.check(kind, "chord-then-task", value)
+
+
+@redis_backend
+def test_chord_header_group(worker, kind, celery_app, differential):
+    """A group inside the header is unrolled into it (group._freeze_unroll):
+    its tasks are chord parts of their own and the body gets every result
+    flat.  The unrolling pushes the inner group with deque.extendleft, which
+    reverses it: Celery 5.2.6 passes [4, 2, 6], not [2, 4, 6].  A chain
+    beside it counts once."""
+    add, echo, _ = _tasks(celery_app)
+    res = chord([group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)])(echo.s())
+    value = res.get(timeout=GET_TIMEOUT)
+    assert value == {"args": [[4, 2, 6]], "kwargs": {}}
+    mixed = chord([chain(add.s(1, 1), add.s(10)), group(add.s(2, 2), add.s(3, 3))])(echo.s())
+    mixed_value = mixed.get(timeout=GET_TIMEOUT)
+    assert mixed_value == {"args": [[12, 6, 4]], "kwargs": {}}
+    differential.check(kind, "chord-header-group", [value, mixed_value])
+
+
+@redis_backend
+def test_chord_in_chord_header(worker, kind, celery_app, differential):
+    """A chord inside a header: the inner chord's body is the outer chord's
+    part, so the outer body gets the inner body's value in its place."""
+    add, echo, _ = _tasks(celery_app)
+    res = chord([chord([add.s(1, 1), add.s(2, 2)], add.s([7])), add.s(3, 3)])(echo.s())
+    value = res.get(timeout=GET_TIMEOUT)
+    assert value == {"args": [[[2, 4, 7], 6]], "kwargs": {}}
+    differential.check(kind, "chord-in-chord-header", value)
+
+
+@redis_backend
+def test_chord_group_body(worker, kind, celery_app, differential):
+    """A group as the body: each of its tasks gets the header's results
+    prepended; the chord's result is the group's."""
+    add, echo, _ = _tasks(celery_app)
+    res = chord([add.s(1, 1), add.s(2, 2)])(group(echo.s("a"), echo.s("b")))
+    value = res.get(timeout=GET_TIMEOUT)
+    assert value == [{"args": [[2, 4], "a"], "kwargs": {}},
+                     {"args": [[2, 4], "b"], "kwargs": {}}]
+    differential.check(kind, "chord-group-body", [type(res).__name__, value])
+
+
+@redis_backend
+def test_chord_group_body_fails(worker, kind, celery_app, differential, clean_redis):
+    """A failing header with a group body: chord_error_from_stack stores the
+    ChordError under the body's id, which for a group is the group id; its
+    members are never sent and stay PENDING (GroupResult.get would wait),
+    as in Celery 5.2.6."""
+    add, echo, fail = _tasks(celery_app)
+    res = chord([add.s(1, 1), fail.s("bad")])(group(echo.s("a"), echo.s("b")))
+    meta = wait_until(lambda: stored_meta(clean_redis, res.id), GET_TIMEOUT,
+                      what="the group's FAILURE")
+    assert meta["status"] == "FAILURE", meta
+    assert meta["result"]["exc_type"] == "ChordError", meta
+    time.sleep(0.5)
+    members = [stored_meta(clean_redis, r.id) for r in res.results]
+    assert members == [None, None]
+    message = meta["result"]["exc_message"][0]  # "Dependency <id> raised ValueError('bad')"
+    differential.check(kind, "chord-group-body-fails",
+                       [meta["status"], meta["result"]["exc_type"],
+                        re.sub(r"[0-9a-f-]{36}", "<id>", message), members])
+
+
+@pytest.mark.skipif(REDIS_BACKEND, reason="rpc:// results only")
+def test_chord_rpc_backend(worker, kind, celery_app, differential):
+    """rpc:// has no chords in Celery 5.2.6: the producer refuses one
+    (NotImplementedError from RPCBackend.ensure_chords_allowed).  A header
+    task sent with a `chord` anyway (apply_async(chord=...)) runs and its
+    result comes back, and the body is never sent: the RPC backend's
+    on_chord_part_return does nothing (celeriac logs an error line)."""
+    add, echo, _ = _tasks(celery_app)
+    with pytest.raises(NotImplementedError):
+        chord([add.s(1, 1), add.s(2, 2)])(echo.s())
+    body = echo.s("body")
+    body_id = str(uuid.uuid4())
+    body.set(task_id=body_id)
+    offset = worker.log_size()
+    r = add.apply_async((5, 5), chord=body, group_id=str(uuid.uuid4()), group_index=0)
+    assert r.get(timeout=GET_TIMEOUT) == 10
+    after = add.apply_async((1, 2))
+    assert after.get(timeout=GET_TIMEOUT) == 3
+    time.sleep(0.5)
+    assert body_id not in worker.log_text(offset), "the chord body ran on rpc://"
+    differential.check(kind, "chord-rpc", [10, 3])

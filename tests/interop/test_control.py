@@ -88,6 +88,37 @@ def test_revoke_terminate_running(worker, kind, celery_app, differential):
     differential.check(kind, "revoke-terminate", r.state)
 
 
+def test_revoke_queued_never_runs(worker, kind, celery_app, differential, tmp_path):
+    """Both processes busy with long tasks, three more tasks waiting, the middle
+    one revoked (no terminate): it never runs (no trace in the marker file) and
+    is REVOKED; the other two run.  Celery keeps waiting tasks from its
+    processes; celeriac hands them to the pool's queue ahead of time, so this
+    is its shared revoked table at work."""
+    node = _node(celery_app, worker)
+    marker = str(tmp_path / "runs")
+    blockers = [send(celery_app, "apply_async", "examples.sleep", [4]) for _ in range(2)]
+    time.sleep(1.0)  # both started
+    waiting = [send(celery_app, "apply_async", "examples.touch", [marker]) for _ in range(3)]
+    time.sleep(0.5)  # received (celeriac: in the pool's queue)
+    replies = celery_app.app.control.revoke(waiting[1].id, destination=[node], reply=True,
+                                            timeout=2.0)
+    assert replies == [{node: {"ok": "tasks %s flagged as revoked" % waiting[1].id}}]
+    assert [b.get(timeout=GET_TIMEOUT) for b in blockers] == [4, 4]
+    outcomes = []
+    for r in waiting:
+        try:
+            outcomes.append(["SUCCESS", r.get(timeout=GET_TIMEOUT) == r.id])
+        except Exception as exc:  # the revoked one: TaskRevokedError
+            outcomes.append([type(exc).__name__, list(exc.args)])
+    with open(marker) as f:
+        lines = f.read().split()
+    ran = [i for i, r in enumerate(waiting) if r.id in lines]
+    assert ran == [0, 2], "runs: %s" % ran
+    assert outcomes[1][0] == "TaskRevokedError", outcomes
+    assert waiting[1].state == "REVOKED"
+    differential.check(kind, "revoke-queued", [outcomes, ran, waiting[1].state])
+
+
 def _running(celery_app, node, task_id):
     active = celery_app.app.control.inspect(destination=[node], timeout=1.0).active() or {}
     return any(t["id"] == task_id for t in active.get(node, []))

@@ -4,6 +4,7 @@ shutdown does with messages that were prefetched but not started."""
 
 import datetime
 import json
+import re
 import signal
 import subprocess
 import time
@@ -264,6 +265,73 @@ def test_autoretry(start_worker, kind, celery_app, redis_server, differential, f
     shape = [_normalise_ids({k: v for k, v in retry_meta.items() if k != "date_done"}, r.id),
              _normalise_ids({k: v for k, v in final.items() if k != "date_done"}, r.id)]
     differential.check(kind, "autoretry-%d" % fail_times, shape)
+
+
+# self.retry(exc=..., countdown=..., eta=..., max_retries=...): examples.retry_with,
+# cel_task_retry_ex in C.  (fail_times, options, expected value or exception)
+RETRY_WITH_CASES = {
+    "exc-then-success": (2, {"countdown": 0.5}, 2),
+    "exc-exceeded": (10, {"countdown": 0.1, "max_retries": 2}, ("ValueError", ["attempt 2"])),
+    "no-exc-exceeded": (10, {"countdown": 0.1, "max_retries": 1, "exc": False},
+                        ("MaxRetriesExceededError", None)),
+    "max-retries-0": (10, {"countdown": 0.1, "max_retries": 0}, ("ValueError", ["attempt 0"])),
+    "eta": (1, {"eta": 1.0}, 1),  # eta: seconds from now, made absolute below
+}
+
+
+def _runs(marker, task_id):
+    try:
+        with open(marker) as f:
+            return sum(line.strip() == task_id for line in f)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize("case", sorted(RETRY_WITH_CASES))
+def test_retry_with_options(start_worker, kind, celery_app, differential, tmp_path, case,
+                            redis_server):
+    """Task.retry's arguments: the RETRY record holds the exc given; past
+    max_retries (the call's own limit when given) the task fails with that exc,
+    or MaxRetriesExceededError without one; an eta delays the retry to that
+    time.  Compared: the client's outcome, the number of runs and, with Redis
+    results, the RETRY record (its "Retry at <eta>" line reduced to its form)."""
+    from conftest import REDIS_BACKEND
+    fail_times, options, expected = RETRY_WITH_CASES[case]
+    options = dict(options, marker=str(tmp_path / "runs"))
+    if "eta" in options:
+        options["eta"] = time.time() + options["eta"]
+    start_worker(kind)
+    t0 = time.monotonic()
+    r = send(celery_app, "apply_async", "examples.retry_with", [fail_times, options])
+    retry_meta = None
+    if REDIS_BACKEND and case in ("exc-then-success", "eta"):
+        retry_meta = wait_until(
+            lambda: (stored_meta(redis_server, r.id) or {}).get("status") == "RETRY"
+            and stored_meta(redis_server, r.id), scaled(10), what="a RETRY record")
+        retry_meta = _normalise_ids({k: v for k, v in retry_meta.items() if k != "date_done"},
+                                    r.id)
+        retry_meta["traceback"] = re.sub(r"Retry at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00",
+                                         "Retry at <eta>", retry_meta["traceback"])
+    if isinstance(expected, tuple):
+        with pytest.raises(Exception) as info:
+            r.get(timeout=GET_TIMEOUT)
+        exc = info.value
+        assert type(exc).__name__ == expected[0], exc
+        if expected[1] is not None:
+            assert list(exc.args) == expected[1]
+        outcome = [r.state, type(exc).__name__,
+                   _normalise_ids(list(exc.args), r.id, options["marker"])]
+    else:
+        assert r.get(timeout=GET_TIMEOUT) == expected
+        outcome = [r.state, expected]
+    if case == "eta":
+        assert time.monotonic() - t0 >= 0.8, "the retry ran before its eta"
+    runs = _runs(options["marker"], r.id)
+    assert runs == {"exc-then-success": 3, "exc-exceeded": 3, "no-exc-exceeded": 2,
+                    "max-retries-0": 1, "eta": 2}[case]
+    if retry_meta is not None:
+        assert retry_meta["result"]["exc_type"] == "ValueError", retry_meta
+    differential.check(kind, "retry-with-" + case, [outcome, runs, retry_meta])
 
 
 # --------------------------------------------------------------------------
