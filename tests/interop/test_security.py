@@ -460,6 +460,14 @@ def _children(pid):
     return [int(k) for k in kids]
 
 
+def _world_reachable(path):
+    """True when any user may read `path` and search every folder above it."""
+    p = Path(path).resolve()
+    if not p.stat().st_mode & 0o004:
+        return False
+    return all(d.stat().st_mode & 0o001 for d in p.parents)
+
+
 def test_uid_gid_drop_privileges(start_worker, celery_app, tmp_path):
     """As root, --uid nobody --gid nogroup: the worker and its pool processes run
     as nobody:nogroup with no supplementary root group, and tasks still run; the
@@ -467,6 +475,11 @@ def test_uid_gid_drop_privileges(start_worker, celery_app, tmp_path):
     require_celeriac()
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges")
+    # Task modules are loaded after the drop (no module code runs as root) and
+    # SIGHUP re-executes the binary as nobody: both must be reachable by it.
+    for f in (CELERIAC_BIN, CELERIAC_EXAMPLES_SO):
+        if not _world_reachable(f):
+            pytest.skip("%s is not reachable by nobody (a checkout inside a 0700 folder)" % f)
     import grp
     import pwd
     nobody = pwd.getpwnam("nobody").pw_uid
