@@ -908,6 +908,85 @@ static int set_autoscale(cel_config *c, const char *name, const char *value, cha
     return rc;
 }
 
+/* kombu 5.2.4's Redis channel options that decide where messages, unacked
+ * records and broadcasts live (kombu/transport/redis.py): a producer set up
+ * with another value writes where this worker never looks, so any value but
+ * kombu's default is refused rather than ignored.  Values are JSON. */
+static const struct {
+    const char *key, *kombu_default;
+} wire_transport_options[] = {
+    {"sep", "\"\\u0006\\u0016\""},
+    {"ack_emulation", "true"},
+    {"unacked_key", "\"unacked\""},
+    {"unacked_index_key", "\"unacked_index\""},
+    {"unacked_mutex_key", "\"unacked_mutex\""},
+    {"fanout_prefix", "true"},
+    {"fanout_patterns", "true"},
+    {"global_keyprefix", "\"\""},
+    {"priority_steps", "[0, 3, 6, 9]"},
+};
+
+/* Options of kombu's transports and of Celery's publisher that tune
+ * connections, pools or retries: accepted for a shared configuration's
+ * sake, with no effect here (celeriac has its own connection handling). */
+static const char *const inert_transport_options[] = {
+    "body_encoding", "deadletter_queue", "unacked_mutex_expire", "unacked_restore_limit",
+    "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options",
+    "max_connections", "health_check_interval", "retry_on_timeout", "polling_interval",
+    "max_retries", "interval_start", "interval_step", "interval_max", "confirm_publish",
+    "client_properties", "retry_policy", "connect_timeout", "read_timeout", "write_timeout",
+    "login_method", "master_name", "sentinel_kwargs", NULL,
+};
+
+/* Checks each key of a broker_transport_options object: -1 with err for a
+ * wire option set to anything but kombu's default; a warning for options
+ * with no effect here and for unknown keys (a typo must not pass silently). */
+static int check_transport_options(json_t *obj, const char *name, char *err, size_t errlen)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        if (!strcmp(key, "visibility_timeout"))
+            continue;
+        int known = 0;
+        for (size_t i = 0; i < sizeof wire_transport_options / sizeof wire_transport_options[0];
+             i++) {
+            if (strcmp(key, wire_transport_options[i].key) != 0)
+                continue;
+            known = 1;
+            json_t *def = json_loads(wire_transport_options[i].kombu_default, JSON_DECODE_ANY,
+                                     NULL);
+            int same = def && json_equal(def, v);
+            json_decref(def);
+            if (!same) {
+                set_err(err, errlen,
+                        "%s: %s other than kombu's default (%s) is not supported: producers "
+                        "using it write keys this worker does not read",
+                        name, key, wire_transport_options[i].kombu_default);
+                return -1;
+            }
+        }
+        if (known)
+            continue;
+        if (!strcmp(key, "queue_order_strategy")) {
+            if (!json_is_string(v) || strcmp(json_string_value(v), "round_robin") != 0)
+                cel_warn("%s: queue_order_strategy: only kombu's default, round_robin, is "
+                         "implemented; queues are consumed round robin",
+                         name);
+            continue;
+        }
+        for (size_t i = 0; inert_transport_options[i]; i++)
+            if (!strcmp(key, inert_transport_options[i]))
+                known = 1;
+        if (known)
+            cel_warn("%s: %s has no effect in celeriac; ignored", name, key);
+        else
+            cel_warn("%s: %s is not a transport option celeriac or kombu knows; ignored", name,
+                     key);
+    }
+    return 0;
+}
+
 static int set_transport_options(cel_config *c, const char *name, const char *value, char *err,
                                  size_t errlen)
 {
@@ -934,13 +1013,14 @@ static int set_transport_options(cel_config *c, const char *name, const char *va
         set_err(err, errlen, "%s: must be a JSON object, e.g. {\"visibility_timeout\": 3600}",
                 name);
         rc = -1;
-    } else if (jvt && !json_is_null(jvt)) {
-        if (!json_is_number(jvt) || json_number_value(jvt) <= 0) {
-            set_err(err, errlen, "%s: visibility_timeout must be a number of seconds > 0", name);
-            rc = -1;
-        } else {
+    } else if (jvt && !json_is_null(jvt) &&
+               (!json_is_number(jvt) || json_number_value(jvt) <= 0)) {
+        set_err(err, errlen, "%s: visibility_timeout must be a number of seconds > 0", name);
+        rc = -1;
+    } else {
+        if (jvt && !json_is_null(jvt))
             vt = json_number_value(jvt);
-        }
+        rc = check_transport_options(obj, name, err, errlen);
     }
     json_decref(obj);
     if (rc == 0) {

@@ -666,6 +666,27 @@ static void test_set_transport_options(void **state)
         assert_string_equal(c.broker_transport_options, "{\"max_connections\": 5}");
     }
 
+    /* kombu's wire options: its default is accepted, anything else refused
+     * (a producer with another key prefix or separator is out of reach). */
+    const char *wire_ok[] = {"{\"sep\": \"\\u0006\\u0016\"}", "{\"global_keyprefix\": \"\"}",
+                             "{\"priority_steps\": [0, 3, 6, 9], \"fanout_patterns\": true}",
+                             "{\"queue_order_strategy\": \"priority\"}",
+                             "{\"socket_timeout\": 5, \"no_such_option\": 1}"};
+    for (size_t i = 0; i < sizeof wire_ok / sizeof wire_ok[0]; i++)
+        assert_int_equal(cel_config_set(&c, "broker_transport_options", wire_ok[i], err,
+                                        sizeof err),
+                         0);
+    const char *wire_bad[] = {"{\"global_keyprefix\": \"app:\"}", "{\"sep\": \":\"}",
+                              "{\"priority_steps\": [0, 5]}", "{\"fanout_prefix\": false}",
+                              "{\"unacked_key\": \"mine\"}", "{\"ack_emulation\": false}"};
+    for (size_t i = 0; i < sizeof wire_bad / sizeof wire_bad[0]; i++) {
+        assert_int_equal(cel_config_set(&c, "broker_transport_options", wire_bad[i], err,
+                                        sizeof err),
+                         -1);
+        assert_non_null(strstr(err, "kombu's default"));
+        assert_string_equal(c.broker_transport_options, wire_ok[4]);
+    }
+
     assert_int_equal(cel_config_set(&c, "broker_transport_options", "", err, sizeof err), 0);
     assert_null(c.broker_transport_options);
     cel_config_free(&c);
