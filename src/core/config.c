@@ -1861,9 +1861,21 @@ int cel_config_from_worker_args(cel_config *c, int argc, char **argv, char *err,
         return 1;
     }
 
+    if (cel_config_load_layers(c, st.env_file, st.env_name, err, errlen) < 0)
+        return -1;
+
+    st.scan_only = false;
+    if (walk_args(c, &st, argc, argv, err, errlen) < 0)
+        return -1;
+    return 0;
+}
+
+int cel_config_load_layers(cel_config *c, const char *env_file, const char *cli_env_name,
+                           char *err, size_t errlen)
+{
     /* Files: .env (or --env-file PATH), then <that>.NAME. */
-    bool env_name_from_cli = st.env_name != NULL;
-    const char *env_name = st.env_name ? st.env_name : getenv("CELERIAC_ENV");
+    bool env_name_from_cli = cli_env_name != NULL;
+    const char *env_name = cli_env_name ? cli_env_name : getenv("CELERIAC_ENV");
     if (env_name && !*env_name) {
         if (env_name_from_cli) {
             set_err(err, errlen, "--env: expected an environment name, e.g. production");
@@ -1876,8 +1888,8 @@ int cel_config_from_worker_args(cel_config *c, int argc, char **argv, char *err,
                 env_name_from_cli ? "--env" : "CELERIAC_ENV");
         return -1;
     }
-    const char *base = st.env_file ? st.env_file : ".env";
-    if (cel_config_load_envfile(c, base, st.env_file == NULL, err, errlen) < 0)
+    const char *base = env_file ? env_file : ".env";
+    if (cel_config_load_envfile(c, base, env_file == NULL, err, errlen) < 0)
         return -1;
     if (env_name) {
         size_t n = strlen(base) + 1 + strlen(env_name) + 1;
@@ -1891,11 +1903,5 @@ int cel_config_from_worker_args(cel_config *c, int argc, char **argv, char *err,
             return -1;
     }
 
-    if (cel_config_load_environ(c, err, errlen) < 0)
-        return -1;
-
-    st.scan_only = false;
-    if (walk_args(c, &st, argc, argv, err, errlen) < 0)
-        return -1;
-    return 0;
+    return cel_config_load_environ(c, err, errlen);
 }

@@ -130,6 +130,14 @@ int cel_config_load_envfile(cel_config *c, const char *path, bool optional,
 /* Applies CELERY_* variables from the process environment. */
 int cel_config_load_environ(cel_config *c, char *err, size_t errlen);
 
+/* The file and environment layers, in the precedence order above: .env
+ * (or env_file when not NULL: then it must exist), then <that>.NAME for NAME
+ * = cli_env_name or else $CELERIAC_ENV (with cli_env_name the file must
+ * exist), then the process environment.  Returns 0, or -1 with `err`.
+ * Shared by `celeriac worker` and `celeriac call`. */
+int cel_config_load_layers(cel_config *c, const char *env_file, const char *cli_env_name,
+                           char *err, size_t errlen);
+
 /* Parses `celeriac worker` arguments (argv[0] = "worker") over the file and
  * environment layers, in the precedence order above.  Returns 0, 1 when
  * --help was printed (exit 0), or -1 with `err` set (exit 64).

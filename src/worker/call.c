@@ -35,7 +35,7 @@ static int parse_num(const char *s, double *out)
 int cel_call_main(int argc, char **argv)
 {
     const char *task = NULL, *args_s = "[]", *kwargs_s = "{}", *queue = NULL, *broker = NULL;
-    const char *id = NULL;
+    const char *id = NULL, *env_file = NULL, *env_name = NULL;
     double countdown = -1, expires = -1;
     int priority = 0, count = 1;
     const char *countdown_s = NULL, *expires_s = NULL, *priority_s = NULL, *count_s = NULL;
@@ -48,7 +48,8 @@ int cel_call_main(int argc, char **argv)
         {"--queue", "-Q", &queue},           {"--countdown", NULL, &countdown_s},
         {"--expires", NULL, &expires_s},     {"--priority", NULL, &priority_s},
         {"--id", NULL, &id},                 {"--count", NULL, &count_s},
-        {"--broker", "-b", &broker},
+        {"--broker", "-b", &broker},         {"--env-file", NULL, &env_file},
+        {"--env", NULL, &env_name},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -56,8 +57,11 @@ int cel_call_main(int argc, char **argv)
             puts("usage: celeriac call TASK [--args JSON] [--kwargs JSON] [-Q QUEUE]\n"
                  "                      [--countdown N] [--expires N] [--priority N]\n"
                  "                      [--id ID] [--count N] [-b URL]\n"
+                 "                      [--env NAME] [--env-file PATH]\n"
                  "Publishes TASK and prints its id (one per line with --count).\n"
-                 "The broker comes from -b, CELERY_BROKER_URL or .env.");
+                 "The broker comes from -b, CELERY_BROKER_URL, .env.NAME or .env\n"
+                 "(the worker's layers: --env-file PATH replaces .env, --env NAME\n"
+                 "or CELERIAC_ENV adds PATH.NAME).");
             return 0;
         }
         if (a[0] != '-') {
@@ -104,8 +108,7 @@ int cel_call_main(int argc, char **argv)
     cel_config_defaults(&cfg);
     char err[512];
     int rc = CEL_EX_USAGE;
-    if (cel_config_load_envfile(&cfg, ".env", true, err, sizeof err) < 0 ||
-        cel_config_load_environ(&cfg, err, sizeof err) < 0 ||
+    if (cel_config_load_layers(&cfg, env_file, env_name, err, sizeof err) < 0 ||
         (broker && cel_config_set(&cfg, "broker_url", broker, err, sizeof err) < 0)) {
         fprintf(stderr, "celeriac: error: %s\n", err);
         goto out;

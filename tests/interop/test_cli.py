@@ -171,3 +171,31 @@ def test_worker_reads_dotenv(celeriac_only, start_worker, celery_app, urls, tmp_
         args = []
     start_worker("celeriac", cwd=str(tmp_path), broker_args=False, args=args)
     assert celery_app.app.send_task("examples.add", args=[20, 22]).get(timeout=GET_TIMEOUT) == 42
+
+
+@pytest.mark.redis_backend
+@pytest.mark.parametrize("how", ["--env", "CELERIAC_ENV", "--env-file"])
+def test_call_reads_the_workers_dotenv_layers(celeriac_only, worker, kind, celery_app, urls,
+                                              tmp_path, how):
+    """`celeriac call` reads the worker's layers: the broker only in `.env.staging` (or in
+    the file --env-file names), while `.env` points at a port nobody listens on."""
+    (tmp_path / ".env").write_text("CELERY_BROKER_URL=redis://127.0.0.1:1/0\n")
+    good = "CELERY_BROKER_URL=%s\n" % urls.broker
+    env_extra, args = {}, []
+    if how == "--env-file":
+        (tmp_path / "deploy.env").write_text(good)
+        args = ["--env-file", str(tmp_path / "deploy.env")]
+    else:
+        (tmp_path / ".env.staging").write_text(good)
+        if how == "--env":
+            args = ["--env", "staging"]
+        else:
+            env_extra = {"CELERIAC_ENV": "staging"}
+    proc = run_celeriac(["call", "examples.add", "--args", "[40,2]"] + args,
+                        env_extra=env_extra, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
+    task_id = proc.stdout.decode().strip().splitlines()[-1]
+    assert celery_app.app.AsyncResult(task_id).get(timeout=GET_TIMEOUT) == 42
+    # --env NAME without its file is an error, as for the worker.
+    missing = run_celeriac(["call", "examples.add", "--env", "nosuch"], cwd=tmp_path)
+    assert missing.returncode == EX_USAGE, missing.stderr
