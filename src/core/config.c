@@ -948,11 +948,13 @@ static int check_transport_options(json_t *obj, const char *name, char *err, siz
     json_object_foreach(obj, key, v) {
         if (!strcmp(key, "visibility_timeout"))
             continue;
-        size_t w = 0, nwire = sizeof wire_transport_options / sizeof wire_transport_options[0];
-        while (w < nwire && strcmp(key, wire_transport_options[w].key) != 0)
-            w++;
-        if (w < nwire) {
-            json_t *def = json_loads(wire_transport_options[w].kombu_default, JSON_DECODE_ANY,
+        int known = 0;
+        for (size_t i = 0; i < sizeof wire_transport_options / sizeof wire_transport_options[0];
+             i++) {
+            if (strcmp(key, wire_transport_options[i].key) != 0)
+                continue;
+            known = 1;
+            json_t *def = json_loads(wire_transport_options[i].kombu_default, JSON_DECODE_ANY,
                                      NULL);
             int same = def && json_equal(def, v);
             json_decref(def);
@@ -960,11 +962,12 @@ static int check_transport_options(json_t *obj, const char *name, char *err, siz
                 set_err(err, errlen,
                         "%s: %s other than kombu's default (%s) is not supported: producers "
                         "using it write keys this worker does not read",
-                        name, key, wire_transport_options[w].kombu_default);
+                        name, key, wire_transport_options[i].kombu_default);
                 return -1;
             }
-            continue;
         }
+        if (known)
+            continue;
         if (!strcmp(key, "queue_order_strategy")) {
             if (!json_is_string(v) || strcmp(json_string_value(v), "round_robin") != 0)
                 cel_warn("%s: queue_order_strategy: only kombu's default, round_robin, is "
@@ -972,10 +975,10 @@ static int check_transport_options(json_t *obj, const char *name, char *err, siz
                          name);
             continue;
         }
-        size_t i = 0;
-        while (inert_transport_options[i] && strcmp(key, inert_transport_options[i]) != 0)
-            i++;
-        if (inert_transport_options[i])
+        for (size_t i = 0; inert_transport_options[i]; i++)
+            if (!strcmp(key, inert_transport_options[i]))
+                known = 1;
+        if (known)
             cel_warn("%s: %s has no effect in celeriac; ignored", name, key);
         else
             cel_warn("%s: %s is not a transport option celeriac or kombu knows; ignored", name,
