@@ -333,9 +333,12 @@ def test_retry_with_options(start_worker, kind, celery_app, differential, tmp_pa
     from conftest import REDIS_BACKEND
     fail_times, options, expected = RETRY_WITH_CASES[case]
     options = dict(options, marker=str(tmp_path / "runs"))
+    start_worker(kind)
+    # The eta is made absolute only once the worker is up: a reference worker
+    # slow to start (seen in CI after a slow teardown) would otherwise find
+    # the eta already past and overwrite RETRY before the poll below sees it.
     if "eta" in options:
         options["eta"] = time.time() + options["eta"]
-    start_worker(kind)
     t0 = time.monotonic()
     r = send(celery_app, "apply_async", "examples.retry_with", [fail_times, options])
     retry_meta = None
