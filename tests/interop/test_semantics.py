@@ -249,14 +249,22 @@ def _normalise_ids(value, *ids):
     return json.loads(text)
 
 
+def _wait_for_retry_record(redis_server, task_id):
+    """The RETRY record, read once per poll: a second read could already see
+    the record of the next run (a retry waits only 0.2-0.5 s here)."""
+    def retry_record():
+        meta = stored_meta(redis_server, task_id)
+        return meta if meta and meta.get("status") == "RETRY" else None
+    return wait_until(retry_record, scaled(10), what="a RETRY record")
+
+
 @pytest.mark.redis_backend
 def test_retry_then_success(start_worker, kind, celery_app, redis_server, differential):
     """retry(countdown=0.5) twice, then success: the RETRY record while it waits
     and the final value and record are the Python worker's."""
     start_worker(kind)
     r = send(celery_app, "apply_async", "examples.flaky", [2])
-    retry_meta = wait_until(lambda: (stored_meta(redis_server, r.id) or {}).get("status") == "RETRY"
-                            and stored_meta(redis_server, r.id), scaled(10), what="a RETRY record")
+    retry_meta = _wait_for_retry_record(redis_server, r.id)
     assert r.get(timeout=GET_TIMEOUT) == 2
     final = stored_meta(redis_server, r.id)
     shape = [_normalise_ids({k: v for k, v in retry_meta.items() if k != "date_done"}, r.id),
@@ -288,8 +296,7 @@ def test_autoretry(start_worker, kind, celery_app, redis_server, differential, f
     ValueError itself is the failure (Task.retry re-raises exc)."""
     start_worker(kind)
     r = send(celery_app, "apply_async", "examples.autoretry", [fail_times])
-    retry_meta = wait_until(lambda: (stored_meta(redis_server, r.id) or {}).get("status") == "RETRY"
-                            and stored_meta(redis_server, r.id), scaled(10), what="a RETRY record")
+    retry_meta = _wait_for_retry_record(redis_server, r.id)
     if fail_times <= 3:
         assert r.get(timeout=GET_TIMEOUT) == fail_times
     else:
@@ -343,9 +350,7 @@ def test_retry_with_options(start_worker, kind, celery_app, differential, tmp_pa
     r = send(celery_app, "apply_async", "examples.retry_with", [fail_times, options])
     retry_meta = None
     if REDIS_BACKEND and case in ("exc-then-success", "eta"):
-        retry_meta = wait_until(
-            lambda: (stored_meta(redis_server, r.id) or {}).get("status") == "RETRY"
-            and stored_meta(redis_server, r.id), scaled(10), what="a RETRY record")
+        retry_meta = _wait_for_retry_record(redis_server, r.id)
         retry_meta = _normalise_ids({k: v for k, v in retry_meta.items() if k != "date_done"},
                                     r.id)
         retry_meta["traceback"] = re.sub(r"Retry at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00",
