@@ -341,9 +341,9 @@ def test_retry_with_options(start_worker, kind, celery_app, differential, tmp_pa
     fail_times, options, expected = RETRY_WITH_CASES[case]
     options = dict(options, marker=str(tmp_path / "runs"))
     start_worker(kind)
-    # The eta is made absolute only once the worker is up: a reference worker
-    # slow to start (seen in CI after a slow teardown) would otherwise find
-    # the eta already past and overwrite RETRY before the poll below sees it.
+    # The eta is made absolute only once the worker is up: a Python worker
+    # takes about 1 s to become ready, as long as the eta is ahead, and in CI
+    # it found the eta already past and replaced RETRY before a poll saw it.
     if "eta" in options:
         options["eta"] = time.time() + options["eta"]
     t0 = time.monotonic()
